@@ -1,0 +1,123 @@
+"""`rlhf-repro`: one entry point for the suite's commands.
+
+    rlhf-repro sim generate --out DIR [--seed S] [--n-posts N]   simulated TL;DR world (+ its tokenizer)
+    rlhf-repro build-dataset ...                                 experiments/build_dataset.py
+    rlhf-repro pretrain ...                                      experiments/pretrain.py
+    rlhf-repro quickstart [--out DIR]                            world -> datasets -> tiny base model
+
+Stage commands forward their arguments to the stage script, so `rlhf-repro pretrain --help` and
+`python experiments/pretrain.py --help` print the same flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def sim_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="rlhf-repro sim", description="The simulated TL;DR world.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser(
+        "generate",
+        help="write posts, comparisons, news subset and tokenizer to --out",
+        description="Write a simulated TL;DR world in the real datasets' formats.",
+    )
+    gen.add_argument("--out", required=True, help="output directory (tldr/, comparisons/, tokenizer/, world.json)")
+    gen.add_argument("--seed", type=int, default=0, help="world seed: the same seed writes byte-identical files")
+    gen.add_argument("--n-posts", type=int, default=20000, help="TL;DR posts over train/valid/test (80/10/10)")
+    gen.add_argument("--n-news", type=int, default=None, help="news (CNN/DM) comparisons; default n-posts/20")
+    gen.add_argument(
+        "--comparisons-per-post",
+        type=float,
+        default=1.0,
+        help="mean number of comparisons drawn per train and valid post",
+    )
+    gen.add_argument(
+        "--distractor-mean",
+        type=float,
+        default=5.0,
+        help="mean number of irrelevant sentences per post (exponential tail)",
+    )
+    gen.add_argument("--vocab-size", type=int, default=4096, help="target size of the world's BPE vocabulary")
+    gen.add_argument("--no-tokenizer", action="store_true", help="skip training the world tokenizer")
+    gen.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    score = sub.add_parser("score", help="gold-label one summary of one post (prints the score breakdown)")
+    score.add_argument("--post", required=True, help="the post (or article) text")
+    score.add_argument("--summary", required=True, help="the summary text")
+    args = parser.parse_args(argv)
+
+    if args.command == "score":
+        from dataclasses import asdict
+
+        from rlhf_repro.sim.labeler import score_detail
+
+        print(json.dumps(asdict(score_detail(args.post, args.summary)), indent=2))
+        return 0
+
+    from rlhf_repro.sim.generate import generate_world
+
+    t0 = time.time()
+    info = generate_world(
+        Path(args.out),
+        seed=args.seed,
+        n_posts=args.n_posts,
+        n_news=args.n_news,
+        comparisons_per_post=args.comparisons_per_post,
+        distractor_mean=args.distractor_mean,
+        progress=not args.no_progress,
+    )
+    if not args.no_tokenizer:
+        from rlhf_repro.io import atomic_directory
+        from rlhf_repro.sim.tokenizer import train_world_tokenizer, world_texts
+
+        tok = train_world_tokenizer(world_texts(Path(args.out)), vocab_size=args.vocab_size)
+        with atomic_directory(Path(args.out) / "tokenizer") as tmp:
+            tok.save_pretrained(str(tmp))
+        print(f"tokenizer: {len(tok)} tokens (eos={tok.eos_token_id}, pad={tok.pad_token_id}) -> {args.out}/tokenizer")
+    acc = info["gold_accuracy_validation"]
+    print(f"world seed {args.seed}: " + ", ".join(f"{k} {v}" for k, v in info["sizes"].items()))
+    print(
+        f"gold labeler on validation comparisons: accuracy {acc['all']['accuracy']:.3f} "
+        f"(expected ceiling {acc['expected_ceiling']:.3f}); news: "
+        f"{info['gold_accuracy_validation_cnndm']['all']['accuracy']:.3f}"
+    )
+    print(f"wrote {args.out} in {time.time() - t0:.1f} s")
+    return 0
+
+
+def _stage(module: str, argv: list[str]) -> int:
+    import importlib
+
+    return importlib.import_module(module).cli(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {
+        "sim": ("simulated TL;DR world: generate, score", sim_main),
+        "build-dataset": ("build the SFT and preference datasets", lambda a: _stage("experiments.build_dataset", a)),
+        "pretrain": ("pretrain a tiny Pythia-architecture base model", lambda a: _stage("experiments.pretrain", a)),
+        "quickstart": (
+            "world -> datasets -> tiny base model, end to end",
+            lambda a: _stage("rlhf_repro.quickstart", a),
+        ),
+    }
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        print("\ncommands:")
+        for name, (help_text, _) in commands.items():
+            print(f"  {name:14s} {help_text}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in commands:
+        print(f"rlhf-repro: unknown command {name!r}; one of {', '.join(commands)}", file=sys.stderr)
+        return 2
+    return commands[name][1](rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Model construction and loading: Pythia-architecture presets, hub/local loading, dropout off (detail 7)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rlhf_repro.io import InputError, looks_like_hub_id
+
+# GPT-NeoX shapes with Pythia's architecture: rotary on 25% of head dims, parallel residual, untied
+# input/output embeddings. `vocab_size` None means: the tokenizer's size rounded up to 128, the way
+# Pythia's embedding table is larger than its tokenizer's vocabulary (detail 3).
+MODEL_PRESETS = {
+    "tiny-s": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, vocab_size=None),
+    "tiny-m": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512, vocab_size=None),
+    "tiny-l": dict(
+        hidden_size=256, num_hidden_layers=6, num_attention_heads=8, intermediate_size=1024, vocab_size=None
+    ),
+    # The shape of EleutherAI/pythia-14m (random weights), for benchmarks at Pythia's vocabulary size.
+    "pythia-14m": dict(
+        hidden_size=128, num_hidden_layers=6, num_attention_heads=4, intermediate_size=512, vocab_size=50304
+    ),
+}
+
+
+def padded_vocab_size(n_tokens: int, multiple: int = 128) -> int:
+    return -(-n_tokens // multiple) * multiple
+
+
+def preset_config(preset: str, tokenizer_size: int, eos_token_id: int = 0, max_positions: int = 2048):
+    """A GPTNeoXConfig for a named preset, sized to hold `tokenizer_size` tokens."""
+    from transformers import GPTNeoXConfig
+
+    if preset not in MODEL_PRESETS:
+        raise InputError(f"unknown model preset {preset!r}; one of {', '.join(MODEL_PRESETS)}")
+    shape = dict(MODEL_PRESETS[preset])
+    vocab = shape.pop("vocab_size") or padded_vocab_size(tokenizer_size)
+    if vocab < tokenizer_size:
+        raise InputError(f"preset {preset!r} has {vocab} embeddings but the tokenizer has {tokenizer_size} tokens")
+    return GPTNeoXConfig(
+        vocab_size=vocab,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        max_position_embeddings=max_positions,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id,
+        **shape,
+    )
+
+
+def disable_dropout(model) -> None:
+    """Set every Dropout's probability to 0 (detail 7): log-probs must be reproducible for PPO ratios."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def check_model_source(name_or_path: str | os.PathLike) -> None:
+    p = Path(name_or_path)
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise InputError("not a model directory (no config.json); save models with save_pretrained", p)
+    elif not looks_like_hub_id(str(name_or_path)):
+        raise InputError("no such model directory", name_or_path)
+
+
+def load_causal_lm(name_or_path: str | os.PathLike, revision: str | None = None, dtype=None):
+    """AutoModelForCausalLM from a hub id or a local save_pretrained directory, dropout disabled."""
+    from transformers import AutoModelForCausalLM
+
+    check_model_source(name_or_path)
+    kwargs = {"revision": revision} if revision else {}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+    disable_dropout(model)
+    return model
+
+
+def count_parameters(model, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

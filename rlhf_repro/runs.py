@@ -1,0 +1,191 @@
+"""Run folders: `results/<experiment>/<stage>/<model-name>/<seed>/`.
+
+A run folder holds config.json (resolved args), provenance.json, metrics.jsonl (one JSON object per
+logged step), summary.json (final numbers; its presence marks the stage done), eval tables, and
+checkpoint/ for resume. Every file is written atomically, so a killed run never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+from pathlib import Path
+
+from rlhf_repro.io import atomic_write_json
+from rlhf_repro.provenance import SECRET_ENV_HINTS, provenance
+
+
+def run_dir(results_dir: str | os.PathLike, experiment: str, stage: str, model_name: str, seed: int) -> Path:
+    return Path(results_dir) / experiment / stage / model_name.replace("/", "__") / str(seed)
+
+
+def redact_config(config: dict) -> dict:
+    """Config with secret-looking fields (api_key, token, ...) replaced by '***'."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out[k] = redact_config(v)
+        elif any(h in k.upper() for h in SECRET_ENV_HINTS) and v is not None:
+            out[k] = "***"
+        else:
+            out[k] = v
+    return out
+
+
+def config_dict(args) -> dict:
+    return redact_config(dataclasses.asdict(args) if dataclasses.is_dataclass(args) else dict(vars(args)))
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if hasattr(value, "item"):
+        return _json_safe(value.item())
+    return value
+
+
+class MetricsWriter:
+    """Append-only metrics.jsonl. On resume, lines logged after the checkpoint's step are dropped so
+    the file ends exactly as an uninterrupted run's would."""
+
+    def __init__(self, path: str | os.PathLike, resume_step: int | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            self.path.write_text("")
+        elif self.path.exists():
+            keep = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", -1) <= resume_step
+            ]
+            self.path.write_text("".join(line + "\n" for line in keep))
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def log(self, metrics: dict, step: int) -> None:
+        row = {"step": step, **{k: _json_safe(v) for k, v in metrics.items()}}
+        self._f.write(json.dumps(row) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class RunFolder:
+    """The files of one stage run. `start` writes config and provenance; `finish` writes summary.json."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoint"
+
+    def is_done(self) -> bool:
+        return self.summary_path.exists()
+
+    def start(self, args, inputs: dict | None = None, resume_step: int | None = None) -> MetricsWriter:
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path / "config.json", config_dict(args))
+        atomic_write_json(self.path / "provenance.json", provenance(inputs))
+        return MetricsWriter(self.path / "metrics.jsonl", resume_step=resume_step)
+
+    def finish(self, summary: dict) -> None:
+        atomic_write_json(self.summary_path, {k: _json_safe(v) for k, v in summary.items()})
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    import numpy as np
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    step: int,
+    model,
+    optimizer=None,
+    scheduler=None,
+    extra: dict | None = None,
+    config: dict | None = None,
+) -> Path:
+    """Write model, optimizer, scheduler, RNG and `extra` (e.g. data position) to directory/state.pt.
+
+    Written to a temporary file and renamed, so the previous checkpoint stays valid until the new
+    one is complete.
+    """
+    import torch
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": rng_state(),
+        "extra": extra or {},
+        "config": config,
+    }
+    target = directory / "state.pt"
+    tmp = directory / ".state.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def load_checkpoint(
+    directory: str | os.PathLike, model, optimizer=None, scheduler=None, config: dict | None = None
+) -> dict | None:
+    """Restore a checkpoint written by `save_checkpoint`; returns its state or None when there is none.
+
+    When `config` is given, the checkpoint must have been written under the same config.
+    """
+    import torch
+
+    path = Path(directory) / "state.pt"
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if config is not None and state.get("config") is not None and state["config"] != config:
+        changed = sorted(k for k in set(config) | set(state["config"]) if config.get(k) != state["config"].get(k))
+        raise ValueError(
+            f"{path}: checkpoint was written with a different config (fields {changed}); "
+            "rerun with the original flags or remove the checkpoint"
+        )
+    model.load_state_dict(state["model"])
+    if optimizer is not None and state["optimizer"] is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return state
