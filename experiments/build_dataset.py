@@ -332,7 +332,8 @@ def save_histograms(out: Path, kind: str, dsd) -> list[str]:
                 axes[0].plot(keys, [conf[k] for k in keys], marker="o", label=split)
         axes[0].set_title("labeler confidence")
         axes[0].set_xlabel("extra.confidence")
-        axes[0].legend(fontsize=8)
+        if axes[0].get_legend_handles_labels()[0]:
+            axes[0].legend(fontsize=8)
         pol = Counter(p for p in dsd["train"]["policies"] if p) if "train" in dsd else Counter()
         top = pol.most_common(15)
         axes[1].barh([k for k, _ in top][::-1], [v for _, v in top][::-1])
@@ -342,6 +343,12 @@ def save_histograms(out: Path, kind: str, dsd) -> list[str]:
         fig.savefig(out / files[1], dpi=110)
         plt.close(fig)
     return files
+
+
+def save_splits(dsd, path: Path) -> None:
+    # An empty split (e.g. validation_cnndm of a TL;DR-only source) needs one explicit shard: with none,
+    # datasets writes no Arrow file and cannot load the split back.
+    dsd.save_to_disk(str(path), num_shards={k: 1 for k, v in dsd.items() if len(v) == 0} or None)
 
 
 def main(args: Args) -> dict:
@@ -384,7 +391,7 @@ def main(args: Args) -> dict:
             report = length_report("sft", dsd, lambda s: args.tldr_params, args.check_length_correctness)
             for split in report:
                 report[split]["truncated_queries"] = truncated[split]
-            dsd.save_to_disk(str(tmp / "sft"))
+            save_splits(dsd, tmp / "sft")
             summary["sft"] = report
             summary["visuals"] = save_histograms(visuals, "sft", dsd)
         if args.comparisons_source is not None:
@@ -412,7 +419,7 @@ def main(args: Args) -> dict:
             report = length_report("preference", dsd, params_of, args.check_length_correctness)
             for split in report:
                 report[split]["truncated_queries"] = truncated[split]
-            dsd.save_to_disk(str(tmp / "preference"))
+            save_splits(dsd, tmp / "preference")
             summary["preference"] = report
             summary.setdefault("visuals", []).extend(save_histograms(visuals, "preference", dsd))
         summary["seconds"] = round(time.time() - t0, 2)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from rlhf_repro.sim import vocab as V
 
-TLDR_WEIGHTS = {"ages": 1.0, "role": 1.0, "duration": 1.0, "event": 2.0, "problem": 1.5, "question": 0.5}
+TLDR_WEIGHTS = {"ages": 2.0, "role": 1.0, "duration": 1.0, "event": 2.0, "problem": 1.5, "question": 0.5}
 NEWS_WEIGHTS = {"official": 1.0, "person": 2.0, "action": 2.0, "place": 1.0, "day": 0.5, "amount": 1.5}
 CONTRADICTION_PENALTY = 1.5
 IRRELEVANT_PENALTY, IRRELEVANT_CAP = 0.5, 3.0

@@ -1,0 +1,59 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+REAL_TOKENIZER = SHARED_DATA / "tokenizers" / "gpt-neox-20b" / "20B_tokenizer.json"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    assert SHARED_DATA.is_dir(), f"tests read real data from {SHARED_DATA} (the shared/ folder beside the repo)"
+    return SHARED_DATA
+
+
+def run_cmd(args: list[str], cwd: Path = REPO, timeout: int = 600, env: dict | None = None):
+    """Run a command of the suite in a subprocess, the way a user would."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def cli(*args: str, **kw):
+    return run_cmd([sys.executable, "-m", "rlhf_repro.cli", *args], **kw)
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory) -> Path:
+    """A 600-post simulated world with its tokenizer (generated once per test session)."""
+    from rlhf_repro.io import atomic_directory
+    from rlhf_repro.sim.generate import generate_world
+    from rlhf_repro.sim.tokenizer import train_world_tokenizer, world_texts
+
+    out = tmp_path_factory.mktemp("world")
+    generate_world(out, seed=3, n_posts=600, progress=False)
+    tok = train_world_tokenizer(world_texts(out), vocab_size=1024)
+    with atomic_directory(out / "tokenizer") as tmp:
+        tok.save_pretrained(str(tmp))
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_datasets(small_world, tmp_path_factory) -> Path:
+    from experiments.build_dataset import Args, main
+    from rlhf_repro.presets import TINY_DATASET_FLAGS
+    import tyro
+
+    out = tmp_path_factory.mktemp("data") / "built"
+    args = tyro.cli(Args, args=["--tldr-source", str(small_world / "tldr"), "--comparisons-source",
+                                str(small_world / "comparisons"), "--tokenizer", str(small_world / "tokenizer"),
+                                "--output-dir", str(out), "--no-progress", *TINY_DATASET_FLAGS])
+    main(args)
+    return out
