@@ -8,19 +8,30 @@ over-budget rows instead.
 """
 
 TINY_DATASET_FLAGS = [
-    "--tldr-params.length", "256",
-    "--tldr-params.max-sft-response-length", "80",
-    "--tldr-params.max-sft-query-response-length", "336",
-    "--tldr-params.max-rm-response-length", "96",
-    "--tldr-params.max-rm-query-response-length", "352",
-    "--cnndm-params.length", "256",
-    "--cnndm-params.max-rm-response-length", "96",
-    "--cnndm-params.max-rm-query-response-length", "352",
+    "--tldr-params.length",
+    "256",
+    "--tldr-params.max-sft-response-length",
+    "80",
+    "--tldr-params.max-sft-query-response-length",
+    "336",
+    "--tldr-params.max-rm-response-length",
+    "96",
+    "--tldr-params.max-rm-query-response-length",
+    "352",
+    "--cnndm-params.length",
+    "256",
+    "--cnndm-params.max-rm-response-length",
+    "96",
+    "--cnndm-params.max-rm-query-response-length",
+    "352",
     "--no-check-length-correctness",
 ]
 
 PAPER_DATASET_FLAGS = [
-    "--tldr-source", "vwxyzjn/summarize_from_feedback_tldr_3_filtered",
-    "--comparisons-source", "openai/summarize_from_feedback",
-    "--tokenizer", "EleutherAI/pythia-1b-deduped",
+    "--tldr-source",
+    "vwxyzjn/summarize_from_feedback_tldr_3_filtered",
+    "--comparisons-source",
+    "openai/summarize_from_feedback",
+    "--tokenizer",
+    "EleutherAI/pythia-1b-deduped",
 ]

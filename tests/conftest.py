@@ -47,13 +47,26 @@ def small_world(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_datasets(small_world, tmp_path_factory) -> Path:
-    from experiments.build_dataset import Args, main
-    from rlhf_repro.presets import TINY_DATASET_FLAGS
     import tyro
 
+    from experiments.build_dataset import Args, main
+    from rlhf_repro.presets import TINY_DATASET_FLAGS
+
     out = tmp_path_factory.mktemp("data") / "built"
-    args = tyro.cli(Args, args=["--tldr-source", str(small_world / "tldr"), "--comparisons-source",
-                                str(small_world / "comparisons"), "--tokenizer", str(small_world / "tokenizer"),
-                                "--output-dir", str(out), "--no-progress", *TINY_DATASET_FLAGS])
+    args = tyro.cli(
+        Args,
+        args=[
+            "--tldr-source",
+            str(small_world / "tldr"),
+            "--comparisons-source",
+            str(small_world / "comparisons"),
+            "--tokenizer",
+            str(small_world / "tokenizer"),
+            "--output-dir",
+            str(out),
+            "--no-progress",
+            *TINY_DATASET_FLAGS,
+        ],
+    )
     main(args)
     return out

@@ -129,8 +129,15 @@ def test_wandb_offline_writes_a_run(tmp_path, monkeypatch):
     from rlhf_repro.tracking import NoOpTracker, make_tracker
 
     assert isinstance(make_tracker(False), NoOpTracker)
-    t = make_tracker(True, name="t", group="g", job_type="sft", tags=["eos-trick-off"],
-                     config={"lr": 1.0, "api_key": "sk-x"}, directory=tmp_path)
+    t = make_tracker(
+        True,
+        name="t",
+        group="g",
+        job_type="sft",
+        tags=["eos-trick-off"],
+        config={"lr": 1.0, "api_key": "sk-x"},
+        directory=tmp_path,
+    )
     for s in range(3):
         t.log({"objective/kl": 0.1 * s}, step=s)
     t.finish()

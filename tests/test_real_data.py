@@ -26,9 +26,21 @@ def real_build(shared_data, tmp_path_factory):
     shutil.copy(mini / "test.jsonl", src / "test.jsonl")
     shutil.copy(shared_data / "tldr-oai-ppo1.3b-valid" / "valid_first1945.jsonl", src / "valid.jsonl")
     out = tmp_path_factory.mktemp("real_out") / "built"
-    args = tyro.cli(Args, args=["--tldr-source", str(src), "--comparisons-source",
-                                str(shared_data / "tldr-comparisons-mini"), "--tokenizer", str(REAL_TOKENIZER),
-                                "--output-dir", str(out), "--no-check-length-correctness", "--no-progress"])
+    args = tyro.cli(
+        Args,
+        args=[
+            "--tldr-source",
+            str(src),
+            "--comparisons-source",
+            str(shared_data / "tldr-comparisons-mini"),
+            "--tokenizer",
+            str(REAL_TOKENIZER),
+            "--output-dir",
+            str(out),
+            "--no-check-length-correctness",
+            "--no-progress",
+        ],
+    )
     summary = main(args)
     posts = [json.loads(line) for line in open(src / "valid.jsonl")]
     return out, summary, posts
@@ -77,7 +89,9 @@ def test_decoding_the_query_gives_back_the_formatted_text(real_build):
     for i in range(0, 1945, 97):
         text = tok.decode(ds[i]["query_token"], skip_special_tokens=True, clean_up_tokenization_spaces=False)
         assert text.lstrip() == ds[i]["query"]
-        assert ds[i]["query"].startswith(f"SUBREDDIT: r/{posts[i]['subreddit']}\n\nTITLE: {posts[i]['title']}\n\nPOST: ")
+        assert ds[i]["query"].startswith(
+            f"SUBREDDIT: r/{posts[i]['subreddit']}\n\nTITLE: {posts[i]['title']}\n\nPOST: "
+        )
 
 
 def test_reference_tokens_end_in_eos_and_pad_with_pad_never_eos(real_build):
@@ -116,8 +130,18 @@ def test_preference_pairs_from_prompt_chosen_rejected_form(real_build, shared_da
 
 
 def test_length_check_on_a_subset_names_the_budget(shared_data, tmp_path):
-    args = tyro.cli(Args, args=["--tldr-source", str(shared_data / "tldr-sft-mini"), "--tokenizer",
-                                str(REAL_TOKENIZER), "--output-dir", str(tmp_path / "o"), "--no-progress"])
+    args = tyro.cli(
+        Args,
+        args=[
+            "--tldr-source",
+            str(shared_data / "tldr-sft-mini"),
+            "--tokenizer",
+            str(REAL_TOKENIZER),
+            "--output-dir",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ],
+    )
     with pytest.raises(InputError, match="max_sft_response_length is 53"):
         main(args)
     assert not (tmp_path / "o").exists()

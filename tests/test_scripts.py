@@ -12,16 +12,51 @@ from tests.conftest import REAL_TOKENIZER, cli, run_cmd
 
 pytestmark = pytest.mark.smoke
 
-SFT_COLUMNS = {"id", "subreddit", "title", "post", "summary", "query_token", "query", "reference_response",
-               "reference_response_token", "reference_response_token_len", "query_reference_response",
-               "query_reference_response_token", "query_reference_response_token_response_label",
-               "query_reference_response_token_len"}
-PREF_COLUMNS = {"info", "summaries", "choice", "worker", "batch", "split", "extra", "query_token", "query",
-                "query_token_len", "chosen", "rejected", "chosen_token", "rejected_token", "chosen_token_len",
-                "rejected_token_len", "chosen_policy", "rejected_policy", "policies", "query_chosen",
-                "query_rejected", "query_chosen_token", "query_rejected_token", "query_chosen_token_len",
-                "query_rejected_token_len", "query_chosen_token_response_label",
-                "query_rejected_token_response_label"}
+SFT_COLUMNS = {
+    "id",
+    "subreddit",
+    "title",
+    "post",
+    "summary",
+    "query_token",
+    "query",
+    "reference_response",
+    "reference_response_token",
+    "reference_response_token_len",
+    "query_reference_response",
+    "query_reference_response_token",
+    "query_reference_response_token_response_label",
+    "query_reference_response_token_len",
+}
+PREF_COLUMNS = {
+    "info",
+    "summaries",
+    "choice",
+    "worker",
+    "batch",
+    "split",
+    "extra",
+    "query_token",
+    "query",
+    "query_token_len",
+    "chosen",
+    "rejected",
+    "chosen_token",
+    "rejected_token",
+    "chosen_token_len",
+    "rejected_token_len",
+    "chosen_policy",
+    "rejected_policy",
+    "policies",
+    "query_chosen",
+    "query_rejected",
+    "query_chosen_token",
+    "query_rejected_token",
+    "query_chosen_token_len",
+    "query_rejected_token_len",
+    "query_chosen_token_response_label",
+    "query_rejected_token_response_label",
+}
 
 
 def test_sim_world_feeds_the_builder_with_no_special_case(small_datasets, small_world):
@@ -52,18 +87,39 @@ def _posts(tmp_path, rows):
     return src
 
 
-@pytest.mark.parametrize("rows, message", [
-    (b'{"id": "x", "subreddit": "r", "title": "t", "post": "", "summary": "s"}\n', "train.jsonl:1, field 'post': empty"),
-    (b'{"id": "x", "subreddit": "r", "title": "t", "summary": "s"}\n', "train.jsonl:1, field 'post': missing"),
-    (b'{"id": "x", "subreddit": "r", "title": "t", "post": 3, "summary": "s"}\n', "field 'post': expected a string"),
-    (b'{"id": "x", "subreddit": "r", "title": "t", "post": "\xff", "summary": "s"}\n', "train.jsonl:1: not valid UTF-8"),
-    (b'{"id": "test", "subreddit": "r", "title": "t", "post": "p", "summary": "s"}\n', "duplicate id 'test'"),
-])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (
+            b'{"id": "x", "subreddit": "r", "title": "t", "post": "", "summary": "s"}\n',
+            "train.jsonl:1, field 'post': empty",
+        ),
+        (b'{"id": "x", "subreddit": "r", "title": "t", "summary": "s"}\n', "train.jsonl:1, field 'post': missing"),
+        (
+            b'{"id": "x", "subreddit": "r", "title": "t", "post": 3, "summary": "s"}\n',
+            "field 'post': expected a string",
+        ),
+        (
+            b'{"id": "x", "subreddit": "r", "title": "t", "post": "\xff", "summary": "s"}\n',
+            "train.jsonl:1: not valid UTF-8",
+        ),
+        (b'{"id": "test", "subreddit": "r", "title": "t", "post": "p", "summary": "s"}\n', "duplicate id 'test'"),
+    ],
+)
 def test_builder_rejects_bad_posts_and_writes_nothing(tmp_path, rows, message):
     src = _posts(tmp_path, rows)
     out = tmp_path / "out"
-    r = cli("build-dataset", "--tldr-source", str(src), "--tokenizer", str(REAL_TOKENIZER), "--output-dir", str(out),
-            "--no-check-length-correctness", "--no-progress")
+    r = cli(
+        "build-dataset",
+        "--tldr-source",
+        str(src),
+        "--tokenizer",
+        str(REAL_TOKENIZER),
+        "--output-dir",
+        str(out),
+        "--no-check-length-correctness",
+        "--no-progress",
+    )
     assert r.returncode == 2, r.stderr
     assert message in r.stderr
     assert not out.exists()
@@ -71,25 +127,62 @@ def test_builder_rejects_bad_posts_and_writes_nothing(tmp_path, rows, message):
 
 def test_builder_errors_for_tokenizer_and_comparisons(tmp_path, small_world):
     src = _posts(tmp_path, b'{"id": "x", "subreddit": "r", "title": "t", "post": "p", "summary": "s"}\n')
-    r = cli("build-dataset", "--tldr-source", str(src), "--tokenizer", str(REAL_TOKENIZER), "--pad-token",
-            "<|endoftext|>", "--output-dir", str(tmp_path / "o"), "--no-progress")
+    r = cli(
+        "build-dataset",
+        "--tldr-source",
+        str(src),
+        "--tokenizer",
+        str(REAL_TOKENIZER),
+        "--pad-token",
+        "<|endoftext|>",
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--no-progress",
+    )
     assert r.returncode == 2 and "same id (0) as EOS" in r.stderr
     comps = tmp_path / "comps"
     comps.mkdir()
     row = json.loads((small_world / "comparisons" / "train.jsonl").read_text().splitlines()[0])
     (comps / "train.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({**row, "choice": 2}) + "\n")
-    r = cli("build-dataset", "--comparisons-source", str(comps), "--tokenizer", str(small_world / "tokenizer"),
-            "--output-dir", str(tmp_path / "o"), "--no-check-length-correctness", "--no-progress")
+    r = cli(
+        "build-dataset",
+        "--comparisons-source",
+        str(comps),
+        "--tokenizer",
+        str(small_world / "tokenizer"),
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--no-check-length-correctness",
+        "--no-progress",
+    )
     assert r.returncode == 2 and "train.jsonl:2, field 'choice': expected 0 or 1, got 2" in r.stderr
-    r = cli("build-dataset", "--tldr-source", str(tmp_path / "nowhere"), "--tokenizer", str(REAL_TOKENIZER),
-            "--output-dir", str(tmp_path / "o"))
+    r = cli(
+        "build-dataset",
+        "--tldr-source",
+        str(tmp_path / "nowhere"),
+        "--tokenizer",
+        str(REAL_TOKENIZER),
+        "--output-dir",
+        str(tmp_path / "o"),
+    )
     assert r.returncode == 2 and "no such directory" in r.stderr
 
 
 def test_failed_rebuild_keeps_the_previous_build(tmp_path, small_world):
     out = tmp_path / "out"
-    args = ["build-dataset", "--tldr-source", str(small_world / "tldr"), "--tokenizer", str(small_world / "tokenizer"),
-            "--output-dir", str(out), "--no-check-length-correctness", "--no-progress", "--max-rows-per-split", "20"]
+    args = [
+        "build-dataset",
+        "--tldr-source",
+        str(small_world / "tldr"),
+        "--tokenizer",
+        str(small_world / "tokenizer"),
+        "--output-dir",
+        str(out),
+        "--no-check-length-correctness",
+        "--no-progress",
+        "--max-rows-per-split",
+        "20",
+    ]
     assert cli(*args).returncode == 0
     before = (out / "build_summary.json").read_text()
     bad = tmp_path / "bad"
@@ -102,9 +195,32 @@ def test_failed_rebuild_keeps_the_previous_build(tmp_path, small_world):
 
 
 def _pretrain(world, results, *extra, **kw):
-    return cli("pretrain", "--data", str(world), "--model-preset", "tiny-s", "--steps", "6", "--batch-size", "4",
-               "--block-size", "64", "--eval-every", "3", "--eval-blocks", "8", "--save-every", "3",
-               "--results-dir", str(results), "--experiment", "t", "--no-progress", *extra, **kw)
+    return cli(
+        "pretrain",
+        "--data",
+        str(world),
+        "--model-preset",
+        "tiny-s",
+        "--steps",
+        "6",
+        "--batch-size",
+        "4",
+        "--block-size",
+        "64",
+        "--eval-every",
+        "3",
+        "--eval-blocks",
+        "8",
+        "--save-every",
+        "3",
+        "--results-dir",
+        str(results),
+        "--experiment",
+        "t",
+        "--no-progress",
+        *extra,
+        **kw,
+    )
 
 
 def test_pretrain_learns_saves_a_loadable_model_and_resumes_exactly(small_world, tmp_path):
@@ -133,8 +249,10 @@ def test_pretrain_learns_saves_a_loadable_model_and_resumes_exactly(small_world,
     assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
 
     def strip(p):
-        return [{k: v for k, v in row.items() if not k.startswith("time/")}
-                for row in map(json.loads, p.read_text().splitlines())]
+        return [
+            {k: v for k, v in row.items() if not k.startswith("time/")}
+            for row in map(json.loads, p.read_text().splitlines())
+        ]
 
     assert strip(run / "metrics.jsonl") == strip(run_b / "metrics.jsonl")
     # a checkpoint from another config is refused
@@ -148,19 +266,31 @@ def test_pretrain_tracks_to_wandb_offline(small_world, tmp_path):
     assert list((tmp_path / "t" / "pretrain" / "tiny-s" / "1" / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
-@pytest.mark.parametrize("args", [
-    ["--help"], ["sim", "--help"], ["sim", "generate", "--help"], ["build-dataset", "--help"],
-    ["pretrain", "--help"], ["quickstart", "--help"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["sim", "--help"],
+        ["sim", "generate", "--help"],
+        ["build-dataset", "--help"],
+        ["pretrain", "--help"],
+        ["quickstart", "--help"],
+    ],
+)
 def test_every_command_has_help(args):
     r = cli(*args)
     assert r.returncode == 0 and len(r.stdout) > 200, r.stderr
 
 
 def test_script_help_documents_every_flag():
-    for script, flags in {"experiments/build_dataset.py": ["--tldr-params.length", "--check-length-correctness",
-                                                            "--cnndm-params.max-rm-query-response-length"],
-                          "experiments/pretrain.py": ["--model-preset", "--resume", "--track"]}.items():
+    for script, flags in {
+        "experiments/build_dataset.py": [
+            "--tldr-params.length",
+            "--check-length-correctness",
+            "--cnndm-params.max-rm-query-response-length",
+        ],
+        "experiments/pretrain.py": ["--model-preset", "--resume", "--track"],
+    }.items():
         r = run_cmd([sys.executable, script, "--help"])
         assert r.returncode == 0
         for flag in flags:
@@ -172,8 +302,14 @@ def test_sim_generate_and_score_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "gold labeler on validation comparisons" in r.stdout
     assert (tmp_path / "w" / "tokenizer" / "tokenizer.json").exists()
-    r = cli("sim", "score", "--post", "I (30 F) have known my roommate (29 M) for 2 years. Yesterday he crashed my car.",
-            "--summary", "My roommate (29 M) crashed my car.")
+    r = cli(
+        "sim",
+        "score",
+        "--post",
+        "I (30 F) have known my roommate (29 M) for 2 years. Yesterday he crashed my car.",
+        "--summary",
+        "My roommate (29 M) crashed my car.",
+    )
     assert r.returncode == 0 and json.loads(r.stdout)["covered"]["event"] == 2.0
 
 

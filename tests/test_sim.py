@@ -11,9 +11,13 @@ from rlhf_repro.sim.labeler import GoldJudge, confidence_from_margin, extract_fa
 
 pytestmark = pytest.mark.unit
 
-POST = ("I (24 M) have been with my girlfriend (23 F) for 9 months. I work as a nurse in Boston.\n\n"
-        "Last week she forgot my birthday.\n\nSince then I feel ignored.\n\nShould I say something?")
-PERFECT = "I (24 M) and my girlfriend (23 F) of 9 months. She forgot my birthday. I feel ignored. Should I say something?"
+POST = (
+    "I (24 M) have been with my girlfriend (23 F) for 9 months. I work as a nurse in Boston.\n\n"
+    "Last week she forgot my birthday.\n\nSince then I feel ignored.\n\nShould I say something?"
+)
+PERFECT = (
+    "I (24 M) and my girlfriend (23 F) of 9 months. She forgot my birthday. I feel ignored. Should I say something?"
+)
 
 
 def test_perfect_summary_scores_eight():
@@ -27,7 +31,9 @@ def test_penalties_by_hand():
     # an irrelevant detail from the post: -0.5 per distractor keyword ("nurse", "Boston") -> 7.0
     assert gold_score(POST, PERFECT + " I work as a nurse in Boston.") == pytest.approx(7.0)
     # cut mid-sentence: loses problem (1.5) and question (0.5), unfinished (-1) -> 5.0
-    assert gold_score(POST, "I (24 M) and my girlfriend (23 F) of 9 months. She forgot my birthday. I") == pytest.approx(5.0)
+    assert gold_score(
+        POST, "I (24 M) and my girlfriend (23 F) of 9 months. She forgot my birthday. I"
+    ) == pytest.approx(5.0)
     # "friend" does not match inside "girlfriend", and a wrong role is a contradiction
     assert gold_score(POST, PERFECT.replace("girlfriend", "sister")) == pytest.approx(8.0 - 1.0 - 1.5)
     assert gold_score(POST, "") == 0.0

@@ -1,0 +1,52 @@
+"""Docs cannot rot: every suite command the README shows runs (with --help or --dry-run), and .ci/run
+performs the README's set-up commands."""
+
+import re
+import shlex
+
+import pytest
+
+from tests.conftest import REPO, run_cmd
+
+pytestmark = pytest.mark.smoke
+README = (REPO / "README.md").read_text()
+
+
+def readme_commands():
+    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", README, re.S)
+    lines = []
+    for block in blocks:
+        block = block.replace("\\\n", " ")
+        lines += [line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return lines
+
+
+def suite_commands():
+    out = []
+    for line in readme_commands():
+        for part in line.split("&&"):
+            words = shlex.split(part.strip())
+            if words and (words[0] in ("rlhf-repro", ".venv/bin/rlhf-repro") or words[:2] == ["python", "experiments"]
+                          or (words[0] == "python" and words[1].startswith("experiments/"))):
+                out.append(words)
+    return out
+
+
+def test_readme_shows_the_two_setup_commands_and_ci_runs_them():
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "pip install torch==2.13.0" in README and 'pip install -e ".[dev]" -c constraints.txt' in README
+    assert "pip install -q torch==2.13.0" in ci and 'pip install -q -e ".[dev]" -c constraints.txt' in ci
+    assert "rlhf-repro quickstart" in README and "python -m pytest" in README
+
+
+@pytest.mark.parametrize("words", suite_commands(), ids=lambda w: " ".join(w)[:60])
+def test_readme_command_runs(words):
+    import sys
+
+    if words[0].endswith("rlhf-repro"):
+        args = [sys.executable, "-m", "rlhf_repro.cli", *words[1:]]
+    else:
+        args = [sys.executable, *words[1:]]
+    extra = ["--dry-run"] if "quickstart" in words else ["--help"]
+    r = run_cmd(args + extra)
+    assert r.returncode == 0, r.stderr[-2000:]
