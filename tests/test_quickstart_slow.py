@@ -21,8 +21,12 @@ def test_quickstart_default(tmp_path):
     build = json.loads((out / "data" / "build_summary.json").read_text())
     assert build["preference"]["validation_cnndm"]["rows"] == 1000
     assert 0 < build["sft"]["train"]["truncated_queries"] < 0.1 * 16000  # paragraph truncation is exercised
-    over = [v["over_budget"] for split in build["sft"].values() for v in split.values()
-            if isinstance(v, dict) and "over_budget" in v]
+    over = [
+        v["over_budget"]
+        for split in build["sft"].values()
+        for v in split.values()
+        if isinstance(v, dict) and "over_budget" in v
+    ]
     assert sum(over) == 0  # the tiny budgets fit the default world
     pre = json.loads(next((out / "results").rglob("summary.json")).read_text())
     assert pre["val_loss_after"] < 0.2 * pre["val_loss_before"]

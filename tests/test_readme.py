@@ -26,8 +26,11 @@ def suite_commands():
     for line in readme_commands():
         for part in line.split("&&"):
             words = shlex.split(part.strip())
-            if words and (words[0] in ("rlhf-repro", ".venv/bin/rlhf-repro") or words[:2] == ["python", "experiments"]
-                          or (words[0] == "python" and words[1].startswith("experiments/"))):
+            if words and (
+                words[0] in ("rlhf-repro", ".venv/bin/rlhf-repro")
+                or words[:2] == ["python", "experiments"]
+                or (words[0] == "python" and words[1].startswith("experiments/"))
+            ):
                 out.append(words)
     return out
 
