@@ -248,15 +248,9 @@ def main(args: Args) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    import tyro
+    from rlhf_repro.cli import run_stage
 
-    args = tyro.cli(Args, args=argv, description=__doc__)
-    try:
-        main(args)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_stage(Args, main, argv, __doc__)
 
 
 if __name__ == "__main__":

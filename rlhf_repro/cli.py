@@ -18,6 +18,21 @@ import time
 from pathlib import Path
 
 
+def run_stage(args_type, main_fn, argv: list[str] | None, description: str | None) -> int:
+    """Parse a stage's tyro `Args` and run its main; bad input prints one clear line and exits 2."""
+    import tyro
+
+    from rlhf_repro.io import InputError
+
+    args = tyro.cli(args_type, args=argv, description=description)
+    try:
+        main_fn(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def sim_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="rlhf-repro sim", description="The simulated TL;DR world.")
     sub = parser.add_subparsers(dest="command", required=True)

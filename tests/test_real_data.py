@@ -145,3 +145,28 @@ def test_length_check_on_a_subset_names_the_budget(shared_data, tmp_path):
     with pytest.raises(InputError, match="max_sft_response_length is 53"):
         main(args)
     assert not (tmp_path / "o").exists()
+
+
+def test_saved_dataset_source_takes_the_hub_code_path(shared_data, tmp_path):
+    # A DatasetDict saved with save_to_disk goes through the same row reader as a hub dataset.
+    from datasets import load_dataset
+
+    files = {s: str(shared_data / "tldr-comparisons-mini" / f"{s}.jsonl") for s in ("train", "valid1", "valid2")}
+    load_dataset("json", data_files=files).save_to_disk(str(tmp_path / "saved"))
+    args = tyro.cli(
+        Args,
+        args=[
+            "--comparisons-source",
+            str(tmp_path / "saved"),
+            "--tokenizer",
+            str(REAL_TOKENIZER),
+            "--output-dir",
+            str(tmp_path / "o"),
+            "--no-check-length-correctness",
+            "--no-progress",
+        ],
+    )
+    summary = main(args)
+    assert summary["preference"]["train"]["rows"] == 50 and summary["preference"]["validation"]["rows"] == 100
+    saved = load_from_disk(str(tmp_path / "o" / "preference"))["validation"]
+    assert set(saved["split"]) == {"valid1", "valid2"} and saved[0]["chosen"].endswith("<|endoftext|>")
