@@ -101,3 +101,15 @@ HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 def looks_like_hub_id(name: str) -> bool:
     """True for `org/name` or `name` (a model hub id); False for paths like `./x`, `/x` or `a/b/c`."""
     return bool(HUB_ID_RE.match(name)) and not Path(name).exists()
+
+
+def from_hub(kind: str, name: str, load, *args, **kwargs):
+    """Call a hub loader; a failure (offline, unknown id, no access) becomes one clear InputError."""
+    try:
+        return load(*args, **kwargs)
+    except Exception as e:  # the hub libraries raise many types: OSError, ConnectionError, HTTP errors
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        raise InputError(
+            f"could not load {kind} {name!r} from the Hugging Face hub{offline}: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}. Pass a local path instead, or check the id and network."
+        ) from None

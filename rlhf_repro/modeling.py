@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rlhf_repro.io import InputError, looks_like_hub_id
+from rlhf_repro.io import InputError, from_hub, looks_like_hub_id
 
 # GPT-NeoX shapes with Pythia's architecture: rotary on 25% of head dims, parallel residual, untied
 # input/output embeddings. `vocab_size` None means: the tokenizer's size rounded up to 128, the way
@@ -77,7 +77,10 @@ def load_causal_lm(name_or_path: str | os.PathLike, revision: str | None = None,
     kwargs = {"revision": revision} if revision else {}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+    if Path(name_or_path).exists():
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+    else:
+        model = from_hub("model", str(name_or_path), AutoModelForCausalLM.from_pretrained, str(name_or_path), **kwargs)
     disable_dropout(model)
     return model
 

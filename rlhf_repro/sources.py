@@ -21,7 +21,7 @@ import os
 import re
 from pathlib import Path
 
-from rlhf_repro.io import InputError, looks_like_hub_id, read_jsonl
+from rlhf_repro.io import InputError, from_hub, looks_like_hub_id, read_jsonl
 
 TLDR_HUB_DEFAULT = "vwxyzjn/summarize_from_feedback_tldr_3_filtered"
 COMPARISONS_HUB_DEFAULT = "openai/summarize_from_feedback"
@@ -70,7 +70,7 @@ def _rows(source: str | os.PathLike, split_files: dict[str, tuple[str, ...]] | N
     elif looks_like_hub_id(str(source)):
         from datasets import load_dataset
 
-        yield from _dataset_rows(load_dataset(str(source), hub_config), str(source))
+        yield from _dataset_rows(from_hub("dataset", str(source), load_dataset, str(source), hub_config), str(source))
     else:
         raise InputError("no such directory", source)
 

@@ -13,7 +13,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from rlhf_repro.io import InputError, looks_like_hub_id
+from rlhf_repro.io import InputError, from_hub, looks_like_hub_id
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "[PAD]"
@@ -42,7 +42,9 @@ def load_tokenizer(name_or_path: str | os.PathLike, pad_token: str = PAD_TOKEN, 
     else:
         if not looks_like_hub_id(str(name_or_path)):
             raise InputError("no such tokenizer file or directory", name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), revision=revision)
+        tokenizer = from_hub(
+            "tokenizer", str(name_or_path), AutoTokenizer.from_pretrained, str(name_or_path), revision=revision
+        )
     if tokenizer.eos_token is None or tokenizer.eos_token_id is None:
         raise InputError(
             "tokenizer has no EOS token; the pipeline appends EOS to every summary (detail 3). "

@@ -317,3 +317,30 @@ def test_quickstart_dry_run_lists_the_stages():
     r = cli("quickstart", "--dry-run", "--out", "runs/x")
     assert r.returncode == 0
     assert [line.split("]")[0] for line in r.stdout.splitlines()] == ["[world", "[datasets", "[pretrain"]
+
+
+def test_unreachable_hub_ids_fail_with_one_clear_line(tmp_path):
+    # The real hub code path runs up to the network; offline it must say what failed and what to do.
+    r = cli(
+        "build-dataset",
+        "--tldr-source",
+        "vwxyzjn/summarize_from_feedback_tldr_3_filtered",
+        "--tokenizer",
+        "EleutherAI/pythia-1b-deduped",
+        "--output-dir",
+        str(tmp_path / "o"),
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "could not load tokenizer 'EleutherAI/pythia-1b-deduped' from the Hugging Face hub" in r.stderr
+    r = cli(
+        "build-dataset",
+        "--tldr-source",
+        "vwxyzjn/summarize_from_feedback_tldr_3_filtered",
+        "--tokenizer",
+        str(REAL_TOKENIZER),
+        "--output-dir",
+        str(tmp_path / "o"),
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+    assert r.returncode == 2 and "could not load dataset 'vwxyzjn/summarize_from_feedback_tldr_3_filtered'" in r.stderr
