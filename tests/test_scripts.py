@@ -344,3 +344,34 @@ def test_unreachable_hub_ids_fail_with_one_clear_line(tmp_path):
         env={"HF_HUB_OFFLINE": "1"},
     )
     assert r.returncode == 2 and "could not load dataset 'vwxyzjn/summarize_from_feedback_tldr_3_filtered'" in r.stderr
+
+
+def test_builder_batch_size_does_not_change_output_and_empty_space_pads_with_spaces(small_world, tmp_path):
+    from rlhf_repro.tokenization import load_tokenizer
+
+    common = [
+        "build-dataset",
+        "--tldr-source",
+        str(small_world / "tldr"),
+        "--tokenizer",
+        str(small_world / "tokenizer"),
+        "--no-check-length-correctness",
+        "--no-progress",
+        "--max-rows-per-split",
+        "40",
+        "--tldr-params.length",
+        "256",
+    ]
+    assert cli(*common, "--output-dir", str(tmp_path / "a"), "--batch-size", "7").returncode == 0
+    assert cli(*common, "--output-dir", str(tmp_path / "b"), "--batch-size", "2048").returncode == 0
+    a, b = (load_from_disk(str(tmp_path / x / "sft"))["train"] for x in "ab")
+    assert a.to_dict() == b.to_dict()
+    r = cli(*common, "--output-dir", str(tmp_path / "c"), "--tldr-params.padding", "empty_space")
+    assert r.returncode == 0, r.stderr
+    c = load_from_disk(str(tmp_path / "c" / "sft"))["train"]
+    space = load_tokenizer(small_world / "tokenizer")(" ", add_special_tokens=False)["input_ids"]
+    row = c[0]
+    n_pad = 256 - row["query_token_len"]
+    assert n_pad > 0 and row["query_token"][:n_pad] == space * n_pad and row["query"] == a[0]["query"]
+    # space padding concatenates query and response tokens, as the reference does
+    assert row["query_reference_response_token"][:256] == row["query_token"]
