@@ -36,6 +36,8 @@ def redact_config(config: dict) -> dict:
 
 
 def config_dict(args) -> dict:
+    if isinstance(args, dict):
+        return redact_config(args)
     return redact_config(dataclasses.asdict(args) if dataclasses.is_dataclass(args) else dict(vars(args)))
 
 
@@ -189,3 +191,15 @@ def load_checkpoint(
         scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return state
+
+
+def model_name_of(name_or_path: str) -> str:
+    """The model-name part of a run folder for a model given as a hub id or a directory.
+
+    A stage's own output (RUN/model inside a run folder) is named after that run's model name, so
+    results/x/sft/tiny-m/1/model stays "tiny-m" down the pipeline; otherwise the last path component.
+    """
+    p = Path(str(name_or_path).rstrip("/"))
+    if p.name == "model" and (p.parent / "config.json").exists() and p.parent.parent.name:
+        return p.parent.parent.name
+    return p.name

@@ -1,0 +1,367 @@
+"""Supervised fine-tuning on the human reference summaries: stage 1 of the N+ pipeline (details 6-9).
+
+    python experiments/sft.py --base-model EleutherAI/pythia-1b-deduped --run-eval       # the paper, 1 GPU
+    accelerate launch --config_file configs/deepspeed_zero2.yaml experiments/sft.py ... # 8 GPUs
+    torchrun --standalone --nproc_per_node 2 experiments/sft.py ...                   # 2 CPU processes
+
+Next-token cross-entropy on every non-PAD token of query + reference (the query is not masked), AdamW
+(eps 1e-5) at 3e-6 with a cosine schedule and no warmup, a global batch of 128 (micro-batch x
+accumulation x processes), one epoch, dropout off. With --run-eval the model then samples exactly
+53 tokens at T=0.01 for every validation and test query, truncates after the first EOS, and scores
+ROUGE against the references.
+
+Writes RESULTS_DIR/EXPERIMENT/sft/MODEL_NAME/SEED/: config.json (flags + derived sizes),
+provenance.json, metrics.jsonl (`train/sft/{loss,lr}`, `{split}/sft/loss`, `{split}/sft/rouge/*`),
+query_responses_{split}.csv, summary.json, checkpoint/ (for --resume) and model/ (save_pretrained
+model + tokenizer, the next stage's --sft-model-path).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from rlhf_repro import rouge
+from rlhf_repro.data import SFT_COLUMNS, eval_batches, load_processed, microbatch_rows, permutation, token_batch
+from rlhf_repro.generation import generate
+from rlhf_repro.io import InputError, atomic_directory
+from rlhf_repro.ops import forward, next_token_loss, trim_right_padding, truncate_response
+from rlhf_repro.runs import model_name_of, run_dir
+from rlhf_repro.seeding import local_seed, seed_everything
+
+
+@dataclass
+class Args:
+    # --- run -------------------------------------------------------------------------------------
+    experiment: str = "sft"
+    """Experiment name: the run folder is RESULTS_DIR/EXPERIMENT/sft/MODEL_NAME/SEED."""
+    model_name: str | None = None
+    """Model name in the run folder; default: the base model's last path component."""
+    results_dir: str = "results"
+    """Root of run folders."""
+    seed: int = 1
+    """Seed; process r uses seed + 100003*r for sampling, data order uses the seed itself (R-14)."""
+    run_eval: bool = False
+    """After training, sample for the validation and test splits and score ROUGE and loss."""
+    eval_at_start: bool = False
+    """Also evaluate the base model before the first update (logged at step 0): ROUGE before vs after SFT."""
+
+    # --- model and data --------------------------------------------------------------------------
+    base_model: str = "EleutherAI/pythia-1b-deduped"
+    """Model to fine-tune: a hub id or a save_pretrained directory."""
+    tokenizer: str | None = None
+    """Tokenizer (hub id, directory or tokenizer.json); default: the base model's."""
+    query_dataset: str = "vwxyzjn/summarize_from_feedback_tldr_3_filtered_oai_preprocessing_1706381144"
+    """Processed SFT dataset: a hub id or a build_dataset.py output directory (its sft/ folder)."""
+
+    # --- optimizer (detail 8) --------------------------------------------------------------------
+    lr: float = 3e-6
+    """Learning rate (the paper's one value for every stage and size)."""
+    eps: float = 1e-5
+    """Adam epsilon."""
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    """Optimizer; adamw uses PyTorch's default weight decay 0.01."""
+    scheduler: str = "cosine"
+    """transformers `get_scheduler` name (cosine, linear, constant, ...), stepped once per update."""
+    warm_up_steps: int = 0
+    """Warmup updates of the scheduler."""
+
+    # --- batch sizes (detail 9) ------------------------------------------------------------------
+    num_train_epochs: int = 1
+    """Epochs over the training examples (0: no training, e.g. to evaluate a model as it is)."""
+    gradient_accumulation_steps: int = 16
+    """Micro-batches per update on each process."""
+    local_micro_batch_size: int = 1
+    """Sequences per micro-batch on each process (global batch = this x accumulation x processes)."""
+    local_eval_batch_size: int = 4
+    """Queries per evaluation batch on each process; ROUGE is aggregated per such batch (§4.3)."""
+    total_episodes: int | None = None
+    """Use only the first N examples of each epoch's shuffled order; default: the whole train split."""
+
+    # --- evaluation sampling (R-03, R-04) --------------------------------------------------------
+    response_length: int = 53
+    """Exactly this many new tokens are sampled, then truncated after the first EOS."""
+    temperature: float = 0.01
+    """Sampling temperature for evaluation (near-greedy sampling; 0 means argmax)."""
+    truncate_token: Literal["eos"] = "eos"
+    """Token after which responses are truncated (R-06)."""
+    sampler: Literal["fast", "hf"] = "fast"
+    """Sampler: `hf` is HF generate as the reference configures it; `fast` is our KV-cache loop (same
+    distribution, faster on CPU; see rlhf_repro/generation.py)."""
+    max_eval_samples: int | None = None
+    """Evaluate only the first N rows of each split (default: all)."""
+
+    # --- infrastructure --------------------------------------------------------------------------
+    save_every: int = 100
+    """Write a checkpoint every N updates (and after the last one); 0 writes only the last."""
+    resume: bool = True
+    """Continue from RUN/checkpoint when one exists (a killed run picks up where it stopped)."""
+    threads: int | None = None
+    """torch CPU threads per process (default: torch's choice)."""
+    deterministic: bool = False
+    """Ask torch for deterministic algorithms (recorded in provenance)."""
+    track: bool = False
+    """Log to Weights & Biases (WANDB_MODE=offline writes runs locally)."""
+    wandb_project: str = "rlhf-repro"
+    """W&B project."""
+    wandb_entity: str | None = None
+    """W&B entity (team or user)."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+# Fields that do not change the numbers a run produces: a resumed run may change them.
+RESUME_IGNORED = ("resume", "progress", "threads", "track", "wandb_project", "wandb_entity", "run_eval", "save_every")
+
+
+def evaluate(args: Args, accelerator, model, tokenizer, dataset, split: str) -> tuple[dict, object]:
+    """Loss, samples and ROUGE on one split, gathered over all processes (-> metrics, table)."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    rank, world = accelerator.process_index, accelerator.num_processes
+    n = min(len(dataset), args.max_eval_samples or len(dataset))
+    batches = eval_batches(n, args.local_eval_batch_size, world, rank)
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.eval()
+    meta = dataset.select_columns([c for c in ("id", "query") if c in dataset.column_names])
+    rows, batch_losses = [], []
+    # Sampling draws from a generator seeded by (seed, rank, split), so results do not depend on what ran before.
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(local_seed(args.seed, rank) + {"validation": 1, "test": 2}.get(split, 3))
+        for idx in tqdm(batches, desc=f"eval {split}", disable=not (args.progress and accelerator.is_main_process)):
+            queries, references = (t.to(accelerator.device) for t in token_batch(dataset, idx, *SFT_COLUMNS[:2]))
+            # The reference's eval loss: left-padded query followed by the right-padded reference (all tokens).
+            query_references = trim_right_padding(torch.cat((queries, references), 1), pad)
+            logits = forward(unwrapped, query_references, pad).logits
+            group = int(idx[0]) // args.local_eval_batch_size
+            batch_losses.append((group, next_token_loss(logits, query_references, pad).item()))
+            responses, _ = generate(unwrapped, queries, pad, args.response_length, args.temperature, args.sampler)
+            postprocessed = truncate_response(responses, eos, pad)
+            texts = tokenizer.batch_decode(postprocessed, skip_special_tokens=True)
+            ref_texts = tokenizer.batch_decode(references, skip_special_tokens=True)
+            info = meta[idx.tolist()]
+            for i, row in enumerate(idx.tolist()):
+                rows.append(
+                    {
+                        "row": row,
+                        "batch": group,
+                        "id": info["id"][i] if "id" in info else str(row),
+                        "query": info["query"][i] if "query" in info else "",
+                        "response": texts[i],
+                        "reference": ref_texts[i],
+                        "response_token_len": int((postprocessed[i] != pad).sum()),
+                        "eos_present": bool((responses[i] == eos).any()),
+                    }
+                )
+    unwrapped.train()
+    from rlhf_repro.training import gather_objects
+
+    rows = sorted(gather_objects(accelerator, rows), key=lambda r: r["row"])
+    batch_losses = gather_objects(accelerator, batch_losses)
+    table = pd.DataFrame(rows)
+    scores = rouge.pair_scores(table["response"].tolist(), table["reference"].tolist()) if len(table) else []
+    agg = rouge.aggregate(scores, table["batch"].tolist() if len(table) else [], seed=args.seed)
+    for rtype in rouge.ROUGE_TYPES:
+        table[rtype] = [s[rtype].fmeasure for s in scores]
+    metrics = {f"{split}/sft/loss": sum(v for _, v in batch_losses) / max(1, len(batch_losses))}
+    metrics.update({f"{split}/sft/rouge/{k}": v for k, v in agg["reference"].items()})
+    metrics.update({f"{split}/sft/rouge_corpus/{k}": v for k, v in agg["corpus"].items()})
+    metrics[f"{split}/sft/response_token_len"] = float(table["response_token_len"].mean()) if len(table) else 0.0
+    metrics[f"{split}/sft/eos_fraction"] = float(table["eos_present"].mean()) if len(table) else 0.0
+    return metrics, table.drop(columns=["row"])
+
+
+def main(args: Args) -> dict:
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    from rlhf_repro.modeling import load_causal_lm
+    from rlhf_repro.tokenization import load_tokenizer
+    from rlhf_repro.training import (
+        StageRun,
+        batch_geometry,
+        check_finite,
+        load_training_state,
+        make_accelerator,
+        make_optimizer,
+        save_training_state,
+    )
+
+    t_start = time.time()
+    accelerator = make_accelerator(args.gradient_accumulation_steps)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed, rank, args.deterministic)
+
+    # --- data and tokenizer ------------------------------------------------------------------------
+    tokenizer = load_tokenizer(args.tokenizer or args.base_model)
+    pad = tokenizer.pad_token_id
+    splits = {"train": SFT_COLUMNS}
+    if args.run_eval or args.eval_at_start:
+        splits.update(validation=SFT_COLUMNS, test=SFT_COLUMNS)
+    data = load_processed(args.query_dataset, splits)
+    train = data["train"]
+    episodes = min(args.total_episodes or len(train), len(train))
+    derived = batch_geometry(
+        args.local_micro_batch_size, args.gradient_accumulation_steps, world, episodes, args.num_train_epochs
+    )
+    if args.num_train_epochs > 0 and derived["num_updates"] == 0:
+        raise InputError(
+            f"global batch {derived['batch_size']} is larger than the {episodes} training examples; "
+            "lower --local-micro-batch-size or --gradient-accumulation-steps",
+            args.query_dataset,
+        )
+    num_updates, updates_per_epoch = derived["num_updates"], derived["updates_per_epoch"]
+
+    # --- model, optimizer, schedule (details 7-9) ---------------------------------------------------
+    model = load_causal_lm(args.base_model)  # dropout disabled (detail 7)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings + 1:
+        raise InputError(
+            f"tokenizer has {len(tokenizer)} tokens but the model embeds {model.get_input_embeddings().num_embeddings}",
+            args.tokenizer or args.base_model,
+        )
+    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.eps)
+    scheduler = get_scheduler(
+        args.scheduler, optimizer=optimizer, num_warmup_steps=args.warm_up_steps, num_training_steps=num_updates
+    )
+    model_name = args.model_name or model_name_of(args.base_model)
+    path = run_dir(args.results_dir, args.experiment, "sft", model_name, args.seed)
+    resume_config = {k: v for k, v in vars(args).items() if k not in RESUME_IGNORED} | {"world_size": world}
+    ckpt = path / "checkpoint"
+    state = load_training_state(accelerator, ckpt, model, optimizer, scheduler, resume_config) if args.resume else None
+    start = state["step"] if state else 0
+    model, optimizer = accelerator.prepare(model, optimizer)
+    run = StageRun(
+        accelerator,
+        path,
+        args,
+        derived,
+        inputs={"base_model": args.base_model, "query_dataset": args.query_dataset, "tokenizer": args.tokenizer},
+        resume_step=start if state else None,
+        job="sft",
+    )
+    if accelerator.is_main_process:
+        print(
+            f"sft {model_name}: {episodes} examples x {args.num_train_epochs} epoch(s), global batch "
+            f"{derived['batch_size']} ({args.local_micro_batch_size} x {args.gradient_accumulation_steps} x {world} "
+            f"processes) -> {num_updates} updates" + (f"; resuming from update {start}" if state else "")
+        )
+
+    summary: dict = {"model_name": model_name, **derived}
+    if args.eval_at_start and state:  # evaluated before the interruption: recover the numbers
+        from rlhf_repro.runs import read_metrics
+
+        for row in read_metrics(path / "metrics.jsonl"):
+            if row["step"] == 0:
+                summary.update({f"start/{k}": v for k, v in row.items() if k != "step"})
+    elif args.eval_at_start:
+        for split in ("validation", "test"):
+            metrics, table = evaluate(args, accelerator, model, tokenizer, data[split], split)
+            run.log(metrics, step=0)
+            run.write_table(f"query_responses_{split}_start.csv", table)
+            summary.update({f"start/{k}": v for k, v in metrics.items()})
+
+    # --- training loop ---------------------------------------------------------------------------
+    model.train()
+    t_train, tokens_seen, loss_value = time.time(), 0, None
+    orders: dict[int, object] = {}
+    bar = tqdm(
+        range(start, num_updates),
+        initial=start,
+        total=num_updates,
+        desc="sft",
+        disable=not (args.progress and accelerator.is_main_process),
+    )
+    for update in bar:
+        epoch, epoch_update = divmod(update, updates_per_epoch)
+        if epoch not in orders:  # a fresh shuffle per epoch from the shared seed: the same on every rank
+            orders = {epoch: permutation(len(train), args.seed + epoch)[:episodes]}
+        losses = []
+        for step in range(args.gradient_accumulation_steps):
+            rows = microbatch_rows(
+                orders[epoch],
+                args.local_micro_batch_size,
+                args.gradient_accumulation_steps,
+                world,
+                rank,
+                epoch_update,
+                step,
+            )
+            (tokens,) = token_batch(train, rows, "query_reference_response_token")
+            tokens = trim_right_padding(tokens, pad).to(accelerator.device)
+            with accelerator.accumulate(model):
+                logits = forward(model, tokens, pad).logits
+                loss = next_token_loss(logits, tokens, pad)  # detail 9: every non-PAD token, query included
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            losses.append(loss.detach())
+            tokens_seen += int((tokens != pad).sum())
+        scheduler.step()
+        loss_value = accelerator.gather(torch.stack(losses)).mean().item()
+        check_finite(loss_value, "train/sft/loss", update + 1, ckpt)
+        done = update + 1
+        run.log(
+            {
+                "train/sft/loss": loss_value,
+                "train/sft/lr": scheduler.get_last_lr()[0],
+                "train/sft/episode": done * derived["batch_size"],
+                "time/sft/tokens_per_s": tokens_seen * world / max(1e-9, time.time() - t_train),
+            },
+            step=done,
+        )
+        bar.set_postfix(loss=f"{loss_value:.3f}")
+        if done == num_updates or (args.save_every and done % args.save_every == 0):
+            save_training_state(accelerator, ckpt, done, model, optimizer, scheduler, resume_config)
+    bar.close()
+    summary["train_seconds"] = round(time.time() - t_train, 2)
+    summary["final_train_loss"] = loss_value
+
+    # --- save (the next stage's --sft-model-path) ----------------------------------------------------
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with atomic_directory(path / "model") as tmp:
+            accelerator.unwrap_model(model).save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+    accelerator.wait_for_everyone()
+
+    # --- evaluation (§4.1, §4.3) -------------------------------------------------------------------
+    if args.run_eval:
+        t_eval = time.time()
+        for split in ("validation", "test"):
+            metrics, table = evaluate(args, accelerator, model, tokenizer, data[split], split)
+            run.log(metrics, step=num_updates)
+            run.write_table(f"query_responses_{split}.csv", table)
+            summary.update(metrics)
+            if accelerator.is_main_process:
+                m = {k.rsplit("/", 1)[-1] if "rouge" not in k else k.split("/", 2)[-1]: v for k, v in metrics.items()}
+                print(
+                    f"{split}: loss {m['loss']:.3f}, ROUGE-L {m['rouge/rougeL']:.4f}"
+                    f" (corpus {m['rouge_corpus/rougeL']:.4f}), {m['response_token_len']:.1f} tokens, EOS in "
+                    f"{m['eos_fraction']:.0%} of {len(table)} responses"
+                )
+        summary["eval_seconds"] = round(time.time() - t_eval, 2)
+    summary["seconds"] = round(time.time() - t_start, 2)
+    summary["model_dir"] = str(path / "model")
+    run.finish(summary)
+    if accelerator.is_main_process:
+        print(f"sft done in {summary['seconds']} s; model -> {path / 'model'}")
+    accelerator.end_training()
+    return summary
+
+
+def cli(argv: list[str] | None = None) -> int:
+    from rlhf_repro.cli import run_stage
+
+    return run_stage(Args, main, argv, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

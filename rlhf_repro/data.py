@@ -1,0 +1,93 @@
+"""Loading the processed datasets (the N+ schema, n-plus-details.md §3.2-3.3) and splitting their rows
+into micro-batches across processes.
+
+A dataset is a hub id (`load_dataset`) or a directory written by `build_dataset.py` (`save_to_disk`).
+Missing splits or columns stop with one line naming the dataset, split and column.
+
+Batching follows accelerate's sharding of a DataLoader, written out so that a run can resume at any
+update: global micro-batch `k` (in data order) goes to rank `k % world_size`, so one update of
+`accumulation x world_size` micro-batches covers the same rows whatever the process count.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlhf_repro.io import InputError, from_hub
+
+SFT_COLUMNS = ("query_token", "reference_response_token", "query_reference_response_token")
+PREFERENCE_COLUMNS = ("query_token", "query_chosen_token", "query_rejected_token", "chosen_token", "rejected_token")
+PREFERENCE_EVAL_COLUMNS = ("info", "batch", "split", "extra", "choice", "chosen_policy", "rejected_policy")
+
+
+def load_processed(source: str | os.PathLike, splits: dict[str, tuple[str, ...]]):
+    """{split: Dataset} for the requested splits, each checked for the listed columns."""
+    from datasets import DatasetDict, load_dataset, load_from_disk
+
+    p = Path(source)
+    if p.exists():
+        try:
+            dsd = load_from_disk(str(p))
+        except FileNotFoundError as e:
+            raise InputError(f"not a dataset saved with save_to_disk ({e})", p) from None
+        if not isinstance(dsd, DatasetDict):
+            raise InputError("holds a single Dataset; expected a DatasetDict with named splits", p)
+    else:
+        dsd = from_hub("dataset", str(source), load_dataset, str(source))
+    out = {}
+    for split, columns in splits.items():
+        if split not in dsd:
+            raise InputError(f"no split {split!r} (has {', '.join(dsd)})", source, field=split)
+        missing = [c for c in columns if c not in dsd[split].column_names]
+        if missing:
+            raise InputError(
+                f"split {split!r} lacks column(s) {', '.join(missing)}; build it with experiments/build_dataset.py",
+                source,
+                field=missing[0],
+            )
+        out[split] = dsd[split]
+    return out
+
+
+def token_batch(dataset, indices, *columns: str) -> list[torch.Tensor]:
+    """The listed token columns for `indices`, each as a (len(indices), width) long tensor."""
+    rows = dataset.with_format("numpy", columns=list(columns))[[int(i) for i in indices]]
+    return [torch.as_tensor(np.asarray(np.stack(rows[c]) if rows[c].dtype == object else rows[c])) for c in columns]
+
+
+def permutation(n: int, seed: int) -> np.ndarray:
+    """A permutation of range(n) from `seed` (torch's generator: the same on every machine)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g).numpy()
+
+
+def microbatch_rows(
+    order: np.ndarray, micro_batch: int, accumulation: int, world_size: int, rank: int, update: int, step: int
+) -> np.ndarray:
+    """Rows of this rank's `step`-th micro-batch (0..accumulation-1) of `update` (0-based), taken from `order`.
+
+    Global micro-batch k = (update * accumulation + step) * world_size + rank covers order[k*m : (k+1)*m].
+    """
+    k = (update * accumulation + step) * world_size + rank
+    return order[k * micro_batch : (k + 1) * micro_batch]
+
+
+def eval_batches(n: int, batch_size: int, world_size: int, rank: int) -> list[np.ndarray]:
+    """This rank's evaluation batches: batch j (rows j*b .. j*b+b-1) goes to rank j % world_size.
+
+    Unlike accelerate's even_batches padding, no row is repeated, so gathered tables hold each row once.
+    """
+    starts = range(rank * batch_size, n, batch_size * world_size)
+    return [np.arange(s, min(s + batch_size, n)) for s in starts]
+
+
+def rows_seen(order: np.ndarray, geometry: dict, rank: int) -> np.ndarray:
+    """Every row `rank` trains on in one epoch (`geometry` from training.batch_geometry)."""
+    m, world = geometry["local_micro_batch_size"], geometry["world_size"]
+    per_rank = geometry["updates_per_epoch"] * geometry["gradient_accumulation_steps"]
+    ks = np.arange(per_rank) * world + rank
+    return np.concatenate([order[k * m : (k + 1) * m] for k in ks]) if len(ks) else np.zeros(0, dtype=np.int64)

@@ -1,0 +1,157 @@
+"""What the training stages (SFT, RM, DPO, PPO) share around their loops: the accelerator, the optimizer
+of detail 8, the batch geometry, the main-process run folder, and checkpoints that span processes.
+
+The loops themselves stay in the stage scripts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from rlhf_repro.io import InputError, atomic_write_text
+from rlhf_repro.runs import (
+    RunFolder,
+    config_dict,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from rlhf_repro.tracking import NoOpTracker, make_tracker
+
+
+def make_accelerator(gradient_accumulation_steps: int = 1):
+    """An `Accelerator` that also works with 2+ CPU processes.
+
+    Without a GPU it must be told `cpu=True`: launched by torchrun (or `accelerate launch --multi_gpu`)
+    it then runs DDP over gloo. `accelerate launch --cpu --num_processes 2` starts one process only
+    (accelerate 1.15; stack-notes §5).
+    """
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=gradient_accumulation_steps)
+
+
+def make_optimizer(name: str, params, lr: float, eps: float):
+    """Detail 8: AdamW(eps 1e-5) with PyTorch's defaults for betas (0.9, 0.999) and weight decay (0.01)."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, eps=eps)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, eps=eps)
+    raise InputError(f"unknown optimizer {name!r}; one of adam, adamw")
+
+
+def batch_geometry(
+    local_micro_batch_size: int, gradient_accumulation_steps: int, world_size: int, episodes: int, epochs: int
+) -> dict:
+    """The reference's derived sizes (`parse_args`), plus the number of optimizer updates.
+
+    Rows past the last full batch of an epoch are dropped.
+    """
+    micro_batch_size = local_micro_batch_size * world_size
+    local_batch_size = local_micro_batch_size * gradient_accumulation_steps
+    batch_size = local_batch_size * world_size
+    updates_per_epoch = episodes // batch_size
+    return {
+        "world_size": world_size,
+        "local_micro_batch_size": local_micro_batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps,
+        "micro_batch_size": micro_batch_size,
+        "local_batch_size": local_batch_size,
+        "batch_size": batch_size,
+        "episodes_per_epoch": episodes,
+        "updates_per_epoch": updates_per_epoch,
+        "num_updates": updates_per_epoch * epochs,
+    }
+
+
+class StageRun:
+    """The run folder, metrics.jsonl and W&B of one stage, written by the main process only."""
+
+    def __init__(self, accelerator, path: Path, args, derived: dict, inputs: dict, resume_step: int | None, job: str):
+        self.main = accelerator.is_main_process
+        self.folder = RunFolder(path)
+        self.path = self.folder.path
+        self.metrics = None
+        self.tracker = NoOpTracker()
+        if self.main:
+            config = {**config_dict(args), "derived": derived}
+            self.metrics = self.folder.start(config, inputs=inputs, resume_step=resume_step)
+            self.tracker = make_tracker(
+                args.track,
+                project=args.wandb_project,
+                entity=args.wandb_entity,
+                name=f"{args.experiment}-{job}-{path.parent.name}-{path.name}",
+                group=args.experiment,
+                job_type=job,
+                config=config,
+                directory=path,
+            )
+
+    def log(self, row: dict, step: int) -> None:
+        if self.main:
+            self.metrics.log(row, step=step)
+            self.tracker.log(row, step=step)
+
+    def write_table(self, name: str, frame) -> None:
+        if self.main:
+            atomic_write_text(self.path / name, frame.to_csv(index=False))
+
+    def finish(self, summary: dict) -> None:
+        if self.main:
+            self.folder.finish(summary)
+            self.metrics.close()
+            self.tracker.finish()
+
+
+def check_finite(value: float, what: str, step: int, checkpoint_dir: Path) -> None:
+    """Stop on a NaN/inf loss, pointing at the last good checkpoint (nothing after it is kept)."""
+    if not math.isfinite(value):
+        raise FloatingPointError(
+            f"update {step}: {what} is {value}; the last good checkpoint is in {checkpoint_dir} "
+            "(lower --lr or check the data, then rerun to resume from it)"
+        )
+
+
+def save_training_state(accelerator, directory: Path, step: int, model, optimizer, scheduler, config, extra=None):
+    """Checkpoint at `step`: model, optimizer, scheduler and rank-0 RNG from the main process, plus each
+    other rank's RNG in rng_rank{r}.pt, written before the main state so a complete state.pt always has
+    its rank files."""
+    directory = Path(directory)
+    accelerator.wait_for_everyone()
+    if accelerator.process_index > 0:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".rng_rank{accelerator.process_index}.pt.tmp"
+        torch.save({"step": step, "rng": rng_state()}, tmp)
+        os.replace(tmp, directory / f"rng_rank{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        save_checkpoint(directory, step, unwrapped, optimizer, scheduler, extra=extra, config=config)
+    accelerator.wait_for_everyone()
+
+
+def load_training_state(accelerator, directory: Path, model, optimizer, scheduler, config) -> dict | None:
+    """Restore a `save_training_state` checkpoint on every rank (before `accelerator.prepare`)."""
+    state = load_checkpoint(directory, model, optimizer, scheduler, config=config)
+    if state is None or accelerator.process_index == 0:
+        return state
+    path = Path(directory) / f"rng_rank{accelerator.process_index}.pt"
+    if path.exists():
+        rank_state = torch.load(path, map_location="cpu", weights_only=False)
+        if rank_state["step"] == state["step"]:
+            set_rng_state(rank_state["rng"])
+    return state
+
+
+def gather_objects(accelerator, objects: list) -> list:
+    """All ranks' lists, concatenated in rank order (a plain copy with one process)."""
+    if accelerator.num_processes == 1:
+        return list(objects)
+    from accelerate.utils import gather_object
+
+    return gather_object(objects)
