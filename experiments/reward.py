@@ -39,6 +39,7 @@ from rlhf_repro.data import (
     PREFERENCE_COLUMNS,
     PREFERENCE_EVAL_COLUMNS,
     SFT_COLUMNS,
+    check_padding,
     eval_batches,
     load_processed,
     microbatch_rows,
@@ -279,6 +280,7 @@ def main(args: Args) -> dict:
         StageRun,
         batch_geometry,
         check_finite,
+        crash_point,
         load_training_state,
         make_accelerator,
         make_optimizer,
@@ -303,6 +305,8 @@ def main(args: Args) -> dict:
     labels = load_processed(args.label_dataset, label_splits)
     norm_set = load_processed(args.query_dataset, {"train": SFT_COLUMNS})["train"]
     train = labels["train"]
+    check_padding(train, "chosen_token", pad, "right", args.label_dataset)
+    check_padding(norm_set, "reference_response_token", pad, "right", args.query_dataset)
     episodes = min(args.total_episodes or len(train), len(train))
     if accelerator.is_main_process and args.total_episodes and args.total_episodes > len(train):
         print(f"--total-episodes {args.total_episodes} > {len(train)} train pairs: using all {len(train)}")
@@ -410,6 +414,7 @@ def main(args: Args) -> dict:
         bar.set_postfix(loss=f"{mean[0]:.3f}", acc=f"{mean[1]:.2f}")
         if done == num_updates or (args.save_every and done % args.save_every == 0):
             save_training_state(accelerator, ckpt, done, model, optimizer, scheduler, resume_config)
+            crash_point(done)
     bar.close()
     seen = {int(r) for p in range(world) for r in rows_seen(pair_order(args, p, len(train), episodes), derived, p)}
     summary: dict = {

@@ -26,7 +26,15 @@ from typing import Literal
 import torch
 
 from rlhf_repro import rouge
-from rlhf_repro.data import SFT_COLUMNS, eval_batches, load_processed, microbatch_rows, permutation, token_batch
+from rlhf_repro.data import (
+    SFT_COLUMNS,
+    check_padding,
+    eval_batches,
+    load_processed,
+    microbatch_rows,
+    permutation,
+    token_batch,
+)
 from rlhf_repro.generation import generate
 from rlhf_repro.io import InputError, atomic_directory
 from rlhf_repro.ops import forward, next_token_loss, trim_right_padding, truncate_response
@@ -187,6 +195,7 @@ def main(args: Args) -> dict:
         StageRun,
         batch_geometry,
         check_finite,
+        crash_point,
         load_training_state,
         make_accelerator,
         make_optimizer,
@@ -208,6 +217,7 @@ def main(args: Args) -> dict:
         splits.update(validation=SFT_COLUMNS, test=SFT_COLUMNS)
     data = load_processed(args.query_dataset, splits)
     train = data["train"]
+    check_padding(train, "reference_response_token", pad, "right", args.query_dataset)
     episodes = min(args.total_episodes or len(train), len(train))
     derived = batch_geometry(
         args.local_micro_batch_size, args.gradient_accumulation_steps, world, episodes, args.num_train_epochs
@@ -320,6 +330,7 @@ def main(args: Args) -> dict:
         bar.set_postfix(loss=f"{loss_value:.3f}")
         if done == num_updates or (args.save_every and done % args.save_every == 0):
             save_training_state(accelerator, ckpt, done, model, optimizer, scheduler, resume_config)
+            crash_point(done)
     bar.close()
     summary["train_seconds"] = round(time.time() - t_train, 2)
     summary["final_train_loss"] = loss_value
@@ -341,7 +352,7 @@ def main(args: Args) -> dict:
             run.write_table(f"query_responses_{split}.csv", table)
             summary.update(metrics)
             if accelerator.is_main_process:
-                m = {k.rsplit("/", 1)[-1] if "rouge" not in k else k.split("/", 2)[-1]: v for k, v in metrics.items()}
+                m = {k.split("/", 2)[-1]: v for k, v in metrics.items()}
                 print(
                     f"{split}: loss {m['loss']:.3f}, ROUGE-L {m['rouge/rougeL']:.4f}"
                     f" (corpus {m['rouge_corpus/rougeL']:.4f}), {m['response_token_len']:.1f} tokens, EOS in "

@@ -91,3 +91,20 @@ def rows_seen(order: np.ndarray, geometry: dict, rank: int) -> np.ndarray:
     per_rank = geometry["updates_per_epoch"] * geometry["gradient_accumulation_steps"]
     ks = np.arange(per_rank) * world + rank
     return np.concatenate([order[k * m : (k + 1) * m] for k in ks]) if len(ks) else np.zeros(0, dtype=np.int64)
+
+
+def check_padding(dataset, column: str, pad_token_id: int, side: str, source) -> None:
+    """Stop when a padded token column does not use the tokenizer's PAD (a dataset built with another
+    tokenizer would otherwise be read with its padding as real tokens)."""
+    sample = dataset.select(range(min(len(dataset), 256)))
+    if len(sample) == 0:
+        return
+    (tokens,) = token_batch(sample, range(len(sample)), column)
+    edge = tokens[:, 0] if side == "left" else tokens[:, -1]
+    if not bool((edge == pad_token_id).any()):
+        raise InputError(
+            f"no row of {column!r} is {side}-padded with the tokenizer's PAD (id {pad_token_id}); was the dataset "
+            "built with another tokenizer? Pass --tokenizer with the one build_dataset.py used",
+            source,
+            field=column,
+        )

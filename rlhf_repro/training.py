@@ -155,3 +155,13 @@ def gather_objects(accelerator, objects: list) -> list:
     from accelerate.utils import gather_object
 
     return gather_object(objects)
+
+
+CRASH_ENV = "RLHF_REPRO_CRASH_AFTER_UPDATE"
+
+
+def crash_point(update: int) -> None:
+    """Fault injection for resume tests: exit abruptly after `update` when RLHF_REPRO_CRASH_AFTER_UPDATE
+    names it (called after that update's checkpoint, like a kill right after a save)."""
+    if os.environ.get(CRASH_ENV) == str(update):
+        os._exit(17)

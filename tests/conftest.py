@@ -70,3 +70,21 @@ def small_datasets(small_world, tmp_path_factory) -> Path:
     )
     main(args)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(small_world, tmp_path_factory) -> Path:
+    """A randomly initialized tiny-s GPT-NeoX with the small world's tokenizer, saved like pretrain.py's model/."""
+    import torch
+    from transformers import GPTNeoXForCausalLM
+
+    from rlhf_repro.modeling import preset_config
+    from rlhf_repro.tokenization import load_tokenizer
+
+    tok = load_tokenizer(small_world / "tokenizer")
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(preset_config("tiny-s", len(tok), eos_token_id=tok.eos_token_id, max_positions=512))
+    out = tmp_path_factory.mktemp("base") / "model"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -1,0 +1,361 @@
+"""The SFT and reward-model scripts through a subprocess, as a user runs them: a few updates on a tiny
+model, files written, parameters changed, exact resume, and 2-process runs (gloo) against 1 process."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REAL_TOKENIZER, run_cmd
+
+pytestmark = pytest.mark.smoke
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def sft(datasets, base, results, *extra, launcher=None, **kw):
+    return run_cmd(
+        [
+            *(launcher or [sys.executable]),
+            "experiments/sft.py",
+            "--base-model",
+            str(base),
+            "--query-dataset",
+            str(datasets / "sft"),
+            "--results-dir",
+            str(results),
+            "--experiment",
+            "t",
+            "--model-name",
+            "tiny",
+            "--lr",
+            "3e-3",
+            "--response-length",
+            "12",
+            "--local-eval-batch-size",
+            "4",
+            "--max-eval-samples",
+            "10",
+            "--threads",
+            "1",
+            "--no-progress",
+            *extra,
+        ],
+        **kw,
+    )
+
+
+def reward(datasets, sft_model, results, *extra, launcher=None, **kw):
+    return run_cmd(
+        [
+            *(launcher or [sys.executable]),
+            "experiments/reward.py",
+            "--sft-model-path",
+            str(sft_model),
+            "--label-dataset",
+            str(datasets / "preference"),
+            "--query-dataset",
+            str(datasets / "sft"),
+            "--results-dir",
+            str(results),
+            "--experiment",
+            "t",
+            "--model-name",
+            "tiny",
+            "--lr",
+            "3e-3",
+            "--local-eval-batch-size",
+            "8",
+            "--norm-episodes",
+            "40",
+            "--threads",
+            "1",
+            "--no-progress",
+            *extra,
+        ],
+        **kw,
+    )
+
+
+def state_dict(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_time(rows):
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def sft_run(small_datasets, tiny_base_model, tmp_path_factory):
+    results = tmp_path_factory.mktemp("sft")
+    r = sft(
+        small_datasets,
+        tiny_base_model,
+        results,
+        "--local-micro-batch-size",
+        "4",
+        "--gradient-accumulation-steps",
+        "2",
+        "--total-episodes",
+        "48",
+        "--save-every",
+        "3",
+        "--run-eval",
+        "--eval-at-start",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return results / "t" / "sft" / "tiny" / "1", r
+
+
+def test_sft_trains_evaluates_and_saves(sft_run, tiny_base_model):
+    run, r = sft_run
+    for name in ("config.json", "provenance.json", "summary.json", "query_responses_validation.csv"):
+        assert (run / name).exists(), name
+    assert (run / "query_responses_test.csv").exists() and (run / "query_responses_validation_start.csv").exists()
+    config = json.loads((run / "config.json").read_text())
+    assert config["derived"]["batch_size"] == 8 and config["derived"]["num_updates"] == 6
+    rows = metrics(run)
+    train = [m for m in rows if "train/sft/loss" in m]
+    assert [m["step"] for m in train] == [1, 2, 3, 4, 5, 6]
+    assert train[-1]["train/sft/lr"] < train[0]["train/sft/lr"] <= 3e-3  # cosine, no warmup
+    at_start = [m for m in rows if m["step"] == 0]
+    assert at_start and "validation/sft/rouge/rougeL" in at_start[0]
+    final = {k: v for m in rows if m["step"] == 6 for k, v in m.items()}
+    for key in ("validation/sft/loss", "test/sft/rouge/rouge1", "validation/sft/rouge_corpus/rougeL"):
+        assert key in final
+    assert final["validation/sft/loss"] < at_start[0]["validation/sft/loss"]  # SFT lowers the eval loss
+    # The model changed and the saved directory loads as a causal LM with its tokenizer.
+    before, after = state_dict(tiny_base_model), state_dict(run / "model")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert (run / "model" / "tokenizer.json").exists()
+    with open(run / "query_responses_validation.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 10
+    assert {"query", "response", "reference", "response_token_len", "eos_present", "rougeL"} <= set(table[0])
+    assert all(1 <= int(row["response_token_len"]) <= 12 for row in table)
+    assert all(row["query"].rstrip().endswith("TL;DR:") for row in table)
+    assert "ROUGE-L" in r.stdout
+
+
+def test_sft_resumes_bit_identical_after_a_crash(sft_run, small_datasets, tiny_base_model, tmp_path):
+    run, _ = sft_run
+    args = ("--local-micro-batch-size", "4", "--gradient-accumulation-steps", "2", "--total-episodes", "48")
+    args += ("--save-every", "3", "--run-eval", "--eval-at-start")
+    r = sft(small_datasets, tiny_base_model, tmp_path, *args, env={"RLHF_REPRO_CRASH_AFTER_UPDATE": "3"})
+    assert r.returncode == 17  # killed right after the update-3 checkpoint
+    resumed = tmp_path / "t" / "sft" / "tiny" / "1"
+    assert not (resumed / "summary.json").exists()
+    r = sft(small_datasets, tiny_base_model, tmp_path, *args)
+    assert r.returncode == 0 and "resuming from update 3" in r.stdout, r.stderr[-2000:]
+    a, b = state_dict(run / "model"), state_dict(resumed / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert without_time(metrics(run)) == without_time(metrics(resumed))
+    assert (run / "query_responses_validation.csv").read_text() == (
+        resumed / "query_responses_validation.csv"
+    ).read_text()
+    summary = json.loads((resumed / "summary.json").read_text())
+    assert "start/validation/sft/loss" in summary  # recovered from metrics.jsonl after the restart
+    # A checkpoint written under another config is refused instead of silently mixed.
+    (resumed / "summary.json").unlink()
+    r = sft(small_datasets, tiny_base_model, tmp_path, *args[:-2], "--lr", "1e-3")
+    assert r.returncode != 0 and "different config" in r.stderr
+
+
+def test_sft_two_processes_equal_one_process_with_accumulation(small_datasets, tiny_base_model, tmp_path):
+    common = ("--local-micro-batch-size", "2", "--total-episodes", "4", "--save-every", "0")
+    one = sft(small_datasets, tiny_base_model, tmp_path / "one", *common, "--gradient-accumulation-steps", "2")
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = sft(
+        small_datasets,
+        tiny_base_model,
+        tmp_path / "two",
+        *common,
+        "--gradient-accumulation-steps",
+        "1",
+        launcher=TORCHRUN,
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    run_one, run_two = (tmp_path / d / "t" / "sft" / "tiny" / "1" for d in ("one", "two"))
+    assert json.loads((run_two / "config.json").read_text())["derived"]["world_size"] == 2
+    a, b = state_dict(run_one / "model"), state_dict(run_two / "model")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert any(not torch.equal(a[k], state_dict(tiny_base_model)[k]) for k in a)
+    loss_one = metrics(run_one)[0]["train/sft/loss"]
+    assert metrics(run_two)[0]["train/sft/loss"] == pytest.approx(loss_one, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def reward_run(small_datasets, sft_run, tmp_path_factory):
+    results = tmp_path_factory.mktemp("rm")
+    sft_model = sft_run[0] / "model"
+    r = reward(
+        small_datasets,
+        sft_model,
+        results,
+        "--local-micro-batch-size",
+        "4",
+        "--gradient-accumulation-steps",
+        "2",
+        "--total-episodes",
+        "48",
+        "--save-every",
+        "3",
+        "--run-eval",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return results / "t" / "reward" / "tiny" / "1", sft_model, r
+
+
+def test_reward_trains_normalizes_evaluates_and_saves(reward_run, small_datasets):
+    from rlhf_repro.data import load_processed
+    from rlhf_repro.reward_model import get_reward, load_reward_model
+
+    run, sft_model, r = reward_run
+    rows = metrics(run)
+    assert [m["step"] for m in rows if "train/rm/loss" in m] == [1, 2, 3, 4, 5, 6]
+    final = {k: v for m in rows if m["step"] == 6 for k, v in m.items()}
+    for key in (
+        "train/rm/accuracy",
+        "train/rm/chosen_rewards",
+        "eval/rm/normalized_mean",
+        "eval/rm/normalized_std",
+        "eval/rm/normalized_unexpecte_reward_diff_mean",
+        "eval/rm/normalized_unexpecte_reward_diff_gt_rtol_mean",
+        "eval/rm/validation/accuracy",
+        "eval/rm/validation_cnndm/accuracy",
+    ):
+        assert key in final, key
+    assert any(k.startswith("eval/rm/validation/accuracy/confidence/") for k in final)
+    assert any(k.startswith("eval/rm/validation/accuracy/batch/") for k in final)
+    assert any(k.startswith("eval/rm/validation/accuracy/split/valid") for k in final)
+    assert abs(final["eval/rm/normalized_unexpecte_reward_diff_mean"]) < 1e-3  # detail 14: float noise only
+    # Detail 15: the saved bias is the references' mean score, so the saved RM scores them at 0 on average.
+    model = load_reward_model(run / "model")
+    assert model.config.bias == pytest.approx(final["eval/rm/normalized_mean"])
+    sft_split = load_processed(small_datasets / "sft", {"train": ("query_reference_response_token",)})["train"]
+    with open(run / "rm_normalization.csv", newline="") as f:
+        norm_rows = [int(row["row"]) for row in csv.DictReader(f)]
+    assert len(norm_rows) == 40
+    tokens = torch.tensor(sft_split.select(norm_rows)["query_reference_response_token"])
+    with torch.no_grad():
+        rewards = get_reward(model, tokens, 1)[1]
+    assert abs(rewards.mean().item()) < 1e-4
+    # The body moved away from the SFT weights; the table has one row per validation pair.
+    sft_body = {k.removeprefix("gpt_neox."): v for k, v in state_dict(sft_model).items()}
+    rm_body = {k.removeprefix("lm_backbone."): v for k, v in state_dict(run / "model").items()}
+    assert any(not torch.equal(sft_body[k], rm_body[k]) for k in rm_body if k in sft_body)
+    with open(run / "rm_eval_validation.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    n_valid = len(load_processed(small_datasets / "preference", {"validation": ()})["validation"])
+    assert len(table) == n_valid == final["eval/rm/validation/n_pairs"]
+    assert {"id", "batch", "confidence", "chosen_reward", "rejected_reward", "chosen_token_len", "accuracy"} <= set(
+        table[0]
+    )
+    acc = sum(float(row["accuracy"]) for row in table) / len(table)
+    assert acc == pytest.approx(final["eval/rm/validation/accuracy"])
+    assert "accuracy" in r.stdout and "bias" in r.stdout
+
+
+def test_reward_resumes_bit_identical_after_a_crash(reward_run, small_datasets, tmp_path):
+    run, sft_model, _ = reward_run
+    args = ("--local-micro-batch-size", "4", "--gradient-accumulation-steps", "2", "--total-episodes", "48")
+    args += ("--save-every", "3", "--run-eval")
+    r = reward(small_datasets, sft_model, tmp_path, *args, env={"RLHF_REPRO_CRASH_AFTER_UPDATE": "3"})
+    assert r.returncode == 17
+    r = reward(small_datasets, sft_model, tmp_path, *args)
+    assert r.returncode == 0 and "resuming from update 3" in r.stdout, r.stderr[-2000:]
+    resumed = tmp_path / "t" / "reward" / "tiny" / "1"
+    a, b = state_dict(run / "model"), state_dict(resumed / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert without_time(metrics(run)) == without_time(metrics(resumed))
+    assert (run / "rm_eval_validation.csv").read_text() == (resumed / "rm_eval_validation.csv").read_text()
+
+
+def test_reward_two_processes_shuffle_and_gather_modes(reward_run, small_datasets, tmp_path):
+    _, sft_model, _ = reward_run
+    common = ("--save-every", "0", "--run-eval", "--max-eval-samples", "20", "--local-eval-batch-size", "4")
+    first_update = ("--local-micro-batch-size", "2", "--total-episodes", "8")
+    env = {"OMP_NUM_THREADS": "1"}
+    one = reward(
+        small_datasets, sft_model, tmp_path / "one", *common, *first_update, "--gradient-accumulation-steps", "2"
+    )
+    two = reward(
+        small_datasets,
+        sft_model,
+        tmp_path / "two",
+        *common,
+        *first_update,
+        "--gradient-accumulation-steps",
+        "1",
+        "--shuffle-seed",
+        "shared",
+        launcher=TORCHRUN,
+        env=env,
+    )
+    # The reference's defaults with two processes over the whole train split (480 pairs, 30 updates).
+    quirk = reward(
+        small_datasets,
+        sft_model,
+        tmp_path / "quirk",
+        *common,
+        "--local-micro-batch-size",
+        "8",
+        "--gradient-accumulation-steps",
+        "1",
+        "--eval-gather",
+        "rank0",
+        launcher=TORCHRUN,
+        env=env,
+    )
+    for r in (one, two, quirk):
+        assert r.returncode == 0, r.stderr[-3000:]
+    runs = {d: tmp_path / d / "t" / "reward" / "tiny" / "1" for d in ("one", "two", "quirk")}
+    # One process shuffles with the shared seed (rank 0's local seed is the seed itself), so with
+    # --shuffle-seed shared two processes see the same pairs per update: the same first update.
+    a, b = state_dict(runs["one"] / "model"), state_dict(runs["two"] / "model")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    summary = {d: json.loads((p / "summary.json").read_text()) for d, p in runs.items()}
+    assert summary["two"]["train/rm/distinct_pairs_fraction"] == 1.0
+    # R-15: each rank shards its own permutation, so one "epoch" trains on about 3/4 of the pairs.
+    assert summary["quirk"]["num_updates"] == 30
+    assert 0.6 < summary["quirk"]["train/rm/distinct_pairs_fraction"] < 0.9
+    # R-16: gathered accuracy covers every pair; the reference's rank-0 measurement covers its shard only.
+    assert summary["two"]["eval/rm/validation/n_pairs"] == 20
+    assert summary["quirk"]["eval/rm/validation/n_pairs"] == 12  # rank 0's batches of 4: rows 0-3, 8-11, 16-19
+
+
+def test_stage_errors_name_the_problem(small_datasets, tiny_base_model, small_world, tmp_path):
+    from datasets import load_from_disk
+
+    # A dataset missing a column.
+    broken = tmp_path / "broken"
+    load_from_disk(str(small_datasets / "sft")).remove_columns("reference_response_token").save_to_disk(
+        str(broken / "sft")
+    )
+    r = sft(broken, tiny_base_model, tmp_path)
+    assert r.returncode == 2 and "lacks column(s) reference_response_token" in r.stderr and "Traceback" not in r.stderr
+    # A tokenizer whose PAD is its EOS.
+    from rlhf_repro.tokenization import load_tokenizer
+
+    tok = load_tokenizer(small_world / "tokenizer")
+    tok.add_special_tokens({"eos_token": "[PAD]"})
+    tok.save_pretrained(tmp_path / "padeos")
+    r = sft(small_datasets, tiny_base_model, tmp_path, "--tokenizer", str(tmp_path / "padeos"))
+    assert r.returncode == 2 and "same id" in r.stderr and "detail 3" in r.stderr
+    # A dataset built with another tokenizer (its PAD is 1, the real Pythia tokenizer's is 50277).
+    r = sft(small_datasets, tiny_base_model, tmp_path, "--tokenizer", str(REAL_TOKENIZER))
+    assert r.returncode == 2 and "padded with the tokenizer's PAD (id 50277)" in r.stderr
+    # A reward model path that is not one.
+    r = reward(small_datasets, tiny_base_model, tmp_path, "--reward-model-path", str(tiny_base_model))
+    assert r.returncode == 2 and "not a reward model" in r.stderr

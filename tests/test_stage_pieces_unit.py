@@ -1,0 +1,153 @@
+"""Unit tests of the pieces the SFT and RM stages stand on: the scalar RM, ROUGE, batching across ranks."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from rlhf_repro import rouge
+from rlhf_repro.data import eval_batches, load_processed, microbatch_rows, permutation, rows_seen
+from rlhf_repro.io import InputError
+from rlhf_repro.training import batch_geometry
+
+pytestmark = pytest.mark.unit
+
+PAD = 1
+
+
+@pytest.fixture()
+def sft_dir(tmp_path):
+    """A tiny GPT-NeoX causal LM saved like sft.py saves its model."""
+    from transformers import GPTNeoXForCausalLM
+
+    from rlhf_repro.modeling import preset_config
+
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(preset_config("tiny-l", 100, eos_token_id=0, max_positions=64))
+    model.save_pretrained(tmp_path / "sft")
+    return tmp_path / "sft"
+
+
+def test_reward_head_init_and_self_contained_save(sft_dir, tmp_path):
+    from transformers import AutoModel
+
+    from rlhf_repro.reward_model import ScalarModel, get_reward, load_backbone, load_reward_model
+
+    torch.manual_seed(1)
+    rm = ScalarModel.from_sft(load_backbone(sft_dir), source_model=str(sft_dir))
+    d = rm.config.hidden_size
+    assert d == 256
+    # Detail 11: N(0, 1/sqrt(d+1)) weights, zero bias.
+    w = rm.scalar_head.weight.detach().flatten()
+    assert abs(w.std().item() - 1 / math.sqrt(d + 1)) < 0.15 / math.sqrt(d + 1)
+    assert rm.scalar_head.bias.item() == 0.0
+    # The body carries the SFT weights.
+    body = AutoModel.from_pretrained(sft_dir)
+    assert torch.equal(rm.lm_backbone.embed_in.weight, body.embed_in.weight)
+
+    rm.config.bias = 0.75
+    batch = torch.tensor([[5, 6, 7, 0, PAD], [5, 6, 7, 8, 0]])
+    with torch.no_grad():
+        scores, rewards, _ = get_reward(rm, batch, PAD)
+        # The bias is subtracted from every position (detail 15).
+        raw = rm.scalar_head(body(input_ids=batch.masked_fill(batch == PAD, 0), attention_mask=batch != PAD)[0])
+    assert torch.allclose(scores, raw.squeeze(-1) - 0.75, atol=1e-5)
+    rm.save_pretrained(tmp_path / "rm")
+    # R-20: the saved RM does not need the SFT model: remove it, then load through both entry points.
+    shutil.rmtree(sft_dir)
+    config = json.loads((tmp_path / "rm" / "config.json").read_text())
+    assert config["model_type"] == "rlhf_repro_scalar" and config["bias"] == 0.75
+    for loaded in (load_reward_model(tmp_path / "rm"), AutoModel.from_pretrained(tmp_path / "rm")):
+        with torch.no_grad():
+            assert torch.allclose(get_reward(loaded, batch, PAD)[1], rewards, atol=1e-6)
+
+
+def test_reward_readout_equals_the_references_last_hidden_state(sft_dir):
+    # The reference reads `hidden_states[-1]` (output_hidden_states=True); we read last_hidden_state.
+    from transformers import AutoModel
+
+    body = AutoModel.from_pretrained(sft_dir)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    out = body(input_ids=ids, output_hidden_states=True)
+    assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
+
+
+def test_load_reward_model_refuses_a_causal_lm(sft_dir):
+    from rlhf_repro.reward_model import load_reward_model
+
+    with pytest.raises(InputError, match="not a reward model saved by reward.py"):
+        load_reward_model(sft_dir)
+
+
+def test_rouge_is_configured_as_evaluates_default():
+    # evaluate's "rouge" uses no stemmer: "cats" and "cat" do not match.
+    s = rouge.pair_scores(["the cats sat"], ["the cat sat"])[0]
+    assert s["rouge1"].fmeasure == pytest.approx(2 / 3)
+    assert set(s) == set(rouge.ROUGE_TYPES)
+    # The default tokenizer lowercases and drops punctuation.
+    assert rouge.pair_scores(["The CAT, sat!"], ["the cat sat"])[0]["rougeL"].fmeasure == pytest.approx(1.0)
+
+
+def test_rouge_aggregations():
+    preds = ["a b c", "a b", "x y", "a"]
+    refs = ["a b c", "a c", "a b", "a b"]
+    scores = rouge.pair_scores(preds, refs)
+    f = [s["rouge1"].fmeasure for s in scores]
+    agg = rouge.aggregate(scores, [0, 0, 1, 1], seed=0)
+    assert agg["corpus"]["rouge1"] == pytest.approx(np.mean(f))
+    # The reference's value: per batch, the bootstrap's mid; then the mean over batches. Reproducible.
+    assert agg == rouge.aggregate(scores, [0, 0, 1, 1], seed=0)
+    same = rouge.pair_scores(["a b"] * 3, ["a b"] * 3)
+    assert rouge.aggregate(same, [0, 0, 0])["reference"]["rougeL"] == pytest.approx(1.0)
+    # The bootstrap does not touch the caller's numpy RNG.
+    np.random.seed(7)
+    before = np.random.rand()
+    np.random.seed(7)
+    rouge.aggregate(scores, [0, 1, 2, 3], seed=3)
+    assert np.random.rand() == before
+
+
+def test_one_process_with_accumulation_covers_the_same_rows_as_two_processes():
+    order = permutation(64, seed=3)
+    for update in range(4):
+        one = np.concatenate([microbatch_rows(order, 2, 4, 1, 0, update, s) for s in range(4)])
+        two = np.concatenate([microbatch_rows(order, 2, 2, 2, r, update, s) for r in range(2) for s in range(2)])
+        assert sorted(one.tolist()) == sorted(two.tolist()) and len(set(one.tolist())) == 8
+    # An epoch visits every row once.
+    geo = batch_geometry(2, 2, 2, 64, 1)
+    assert geo["batch_size"] == 8 and geo["num_updates"] == 8
+    seen = np.concatenate([rows_seen(order, geo, r) for r in range(2)])
+    assert sorted(seen.tolist()) == list(range(64))
+
+
+def test_per_rank_shuffle_makes_ranks_overlap():
+    # R-15: each rank shards its own permutation, so the union misses pairs and repeats others.
+    geo = batch_geometry(1, 4, 2, 400, 1)
+    shared = np.concatenate([rows_seen(permutation(400, 1), geo, r) for r in range(2)])
+    per_rank = np.concatenate([rows_seen(permutation(400, 1 + 100003 * r), geo, r) for r in range(2)])
+    assert len(set(shared.tolist())) == 400
+    assert 0.65 < len(set(per_rank.tolist())) / 400 < 0.85  # about 3/4 expected with two ranks
+
+
+def test_eval_batches_partition_rows_without_repeats():
+    parts = [eval_batches(10, 3, 2, r) for r in range(2)]
+    assert [b.tolist() for b in parts[0]] == [[0, 1, 2], [6, 7, 8]]
+    assert [b.tolist() for b in parts[1]] == [[3, 4, 5], [9]]
+    assert eval_batches(0, 3, 2, 0) == []
+
+
+def test_load_processed_names_the_missing_split_and_column(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_dict({"query_token": [[1, 2]]})}).save_to_disk(str(tmp_path / "d"))
+    with pytest.raises(InputError, match="lacks column\\(s\\) reference_response_token"):
+        load_processed(tmp_path / "d", {"train": ("query_token", "reference_response_token")})
+    with pytest.raises(InputError, match="no split 'validation'"):
+        load_processed(tmp_path / "d", {"validation": ("query_token",)})
+    with pytest.raises(InputError, match="not a dataset saved with save_to_disk"):
+        load_processed(tmp_path, {"train": ()})
