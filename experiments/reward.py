@@ -52,6 +52,7 @@ from rlhf_repro.ops import trim_right_padding
 from rlhf_repro.reward_model import get_reward
 from rlhf_repro.runs import model_name_of, run_dir
 from rlhf_repro.seeding import local_seed, seed_everything
+from rlhf_repro.training import gather_objects
 
 RTOL = 1e-2  # detail 14: a left/right layout difference above this counts as unexpected (hard-coded there too)
 
@@ -138,6 +139,19 @@ class Args:
     """Show progress bars."""
 
 
+# Flags of paper details: W&B tags name those that differ from the paper's defaults.
+DETAIL_FLAGS = (
+    "lr",
+    "eps",
+    "optimizer",
+    "scheduler",
+    "warm_up_steps",
+    "num_train_epochs",
+    "total_episodes",
+    "shuffle_seed",
+    "eval_gather",
+)
+
 RESUME_IGNORED = (
     "resume",
     "progress",
@@ -172,8 +186,6 @@ def normalize(args: Args, accelerator, model, dataset, pad: int) -> tuple[dict, 
     """Score SFT-train references in both layouts (details 14, 15); returns (metrics, per-reference table)."""
     import pandas as pd
     from tqdm.auto import tqdm
-
-    from rlhf_repro.training import gather_objects
 
     rank, world = accelerator.process_index, accelerator.num_processes
     # The reference shuffles this set with the rank-local seed too (R-15); `shared` fixes that as well.
@@ -217,12 +229,27 @@ def normalize(args: Args, accelerator, model, dataset, pad: int) -> tuple[dict, 
     return metrics, table
 
 
+EVAL_COLUMNS = [
+    "row",
+    "id",
+    "split",
+    "batch",
+    "confidence",
+    "choice",
+    "chosen_policy",
+    "rejected_policy",
+    "chosen_reward",
+    "rejected_reward",
+    "chosen_token_len",
+    "rejected_token_len",
+    "accuracy",
+]
+
+
 def evaluate(args: Args, accelerator, model, dataset, eval_split: str, pad: int) -> tuple[dict, object]:
     """Accuracy on one validation split with the reference's breakdowns (detail 16); (metrics, pair table)."""
     import pandas as pd
     from tqdm.auto import tqdm
-
-    from rlhf_repro.training import gather_objects
 
     rank, world = accelerator.process_index, accelerator.num_processes
     n = min(len(dataset), args.max_eval_samples or len(dataset))
@@ -261,7 +288,7 @@ def evaluate(args: Args, accelerator, model, dataset, eval_split: str, pad: int)
     unwrapped.train()
     if args.eval_gather == "all":
         rows = gather_objects(accelerator, rows)
-    table = pd.DataFrame(rows).sort_values("row").drop(columns=["row"]).reset_index(drop=True)
+    table = pd.DataFrame(rows, columns=EVAL_COLUMNS).sort_values("row").drop(columns=["row"]).reset_index(drop=True)
     prefix = f"eval/rm/{eval_split}"
     metrics = {f"{prefix}/accuracy": float(table["accuracy"].mean()), f"{prefix}/n_pairs": len(table)}
     for column in ("split", "batch", "confidence"):
@@ -352,6 +379,7 @@ def main(args: Args) -> dict:
         },
         resume_step=start if state else None,
         job="reward",
+        detail_flags=DETAIL_FLAGS,
     )
     if accelerator.is_main_process:
         print(

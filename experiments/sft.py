@@ -1,8 +1,8 @@
 """Supervised fine-tuning on the human reference summaries: stage 1 of the N+ pipeline (details 6-9).
 
-    python experiments/sft.py --base-model EleutherAI/pythia-1b-deduped --run-eval       # the paper, 1 GPU
-    accelerate launch --config_file configs/deepspeed_zero2.yaml experiments/sft.py ... # 8 GPUs
-    torchrun --standalone --nproc_per_node 2 experiments/sft.py ...                   # 2 CPU processes
+    python experiments/sft.py --base-model EleutherAI/pythia-1b-deduped --run-eval   # one process
+    accelerate launch --multi_gpu --num_processes 8 experiments/sft.py ...         # 8 GPUs
+    torchrun --standalone --nproc_per_node 2 experiments/sft.py ...               # 2 CPU processes (gloo)
 
 Next-token cross-entropy on every non-PAD token of query + reference (the query is not masked), AdamW
 (eps 1e-5) at 3e-6 with a cosine schedule and no warmup, a global batch of 128 (micro-batch x
@@ -40,6 +40,7 @@ from rlhf_repro.io import InputError, atomic_directory
 from rlhf_repro.ops import forward, next_token_loss, trim_right_padding, truncate_response
 from rlhf_repro.runs import model_name_of, run_dir
 from rlhf_repro.seeding import local_seed, seed_everything
+from rlhf_repro.training import gather_objects
 
 
 @dataclass
@@ -122,8 +123,24 @@ class Args:
     """Show progress bars."""
 
 
+# Flags of paper details: W&B tags name those that differ from the paper's defaults.
+DETAIL_FLAGS = (
+    "lr",
+    "eps",
+    "optimizer",
+    "scheduler",
+    "warm_up_steps",
+    "num_train_epochs",
+    "response_length",
+    "temperature",
+    "sampler",
+)
+
 # Fields that do not change the numbers a run produces: a resumed run may change them.
 RESUME_IGNORED = ("resume", "progress", "threads", "track", "wandb_project", "wandb_entity", "run_eval", "save_every")
+
+
+TABLE_COLUMNS = ["row", "batch", "id", "query", "response", "reference", "response_token_len", "eos_present"]
 
 
 def evaluate(args: Args, accelerator, model, tokenizer, dataset, split: str) -> tuple[dict, object]:
@@ -168,11 +185,9 @@ def evaluate(args: Args, accelerator, model, tokenizer, dataset, split: str) -> 
                     }
                 )
     unwrapped.train()
-    from rlhf_repro.training import gather_objects
-
     rows = sorted(gather_objects(accelerator, rows), key=lambda r: r["row"])
     batch_losses = gather_objects(accelerator, batch_losses)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     scores = rouge.pair_scores(table["response"].tolist(), table["reference"].tolist()) if len(table) else []
     agg = rouge.aggregate(scores, table["batch"].tolist() if len(table) else [], seed=args.seed)
     for rtype in rouge.ROUGE_TYPES:
@@ -256,6 +271,7 @@ def main(args: Args) -> dict:
         inputs={"base_model": args.base_model, "query_dataset": args.query_dataset, "tokenizer": args.tokenizer},
         resume_step=start if state else None,
         job="sft",
+        detail_flags=DETAIL_FLAGS,
     )
     if accelerator.is_main_process:
         print(

@@ -1,8 +1,11 @@
 """`rlhf-repro`: one entry point for the suite's commands.
 
     rlhf-repro sim generate --out DIR [--seed S] [--n-posts N]   simulated TL;DR world (+ its tokenizer)
+    rlhf-repro sim score-table TABLE [--world DIR]               gold-label a query_responses CSV
     rlhf-repro build-dataset ...                                 experiments/build_dataset.py
     rlhf-repro pretrain ...                                      experiments/pretrain.py
+    rlhf-repro sft ...                                           experiments/sft.py
+    rlhf-repro reward ...                                        experiments/reward.py
     rlhf-repro quickstart [--out DIR]                            world -> datasets -> tiny base model
 
 Stage commands forward their arguments to the stage script, so `rlhf-repro pretrain --help` and
@@ -60,11 +63,37 @@ def sim_main(argv: list[str]) -> int:
     gen.add_argument("--vocab-size", type=int, default=4096, help="target size of the world's BPE vocabulary")
     gen.add_argument("--no-tokenizer", action="store_true", help="skip training the world tokenizer")
     gen.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    table = sub.add_parser(
+        "score-table",
+        help="gold-label a query_responses CSV (gold score, facts covered and contradicted)",
+        description="Gold-label every response and reference of a stage's query_responses_*.csv.",
+    )
+    table.add_argument("table", help="CSV with query, response and reference columns (and id)")
+    table.add_argument("--world", help="world directory: posts are looked up by id (default: parse the query)")
+    table.add_argument("--out", help="write the table with gold columns here (default: TABLE with _gold suffix)")
     score = sub.add_parser("score", help="gold-label one summary of one post (prints the score breakdown)")
     score.add_argument("--post", required=True, help="the post (or article) text")
     score.add_argument("--summary", required=True, help="the summary text")
     args = parser.parse_args(argv)
 
+    if args.command == "score-table":
+        from rlhf_repro.io import atomic_write_text
+        from rlhf_repro.sim.evaluate import score_table, world_posts
+
+        rows, summary = score_table(args.table, world_posts(args.world) if args.world else None)
+        out = Path(args.out or str(Path(args.table).with_suffix("")) + "_gold.csv")
+        if rows:
+            import csv
+            import io
+
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write_text(out, buf.getvalue())
+        print(json.dumps(summary, indent=2))
+        print(f"wrote {out}")
+        return 0
     if args.command == "score":
         from dataclasses import asdict
 
@@ -116,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         "sim": ("simulated TL;DR world: generate, score", sim_main),
         "build-dataset": ("build the SFT and preference datasets", lambda a: _stage("experiments.build_dataset", a)),
         "pretrain": ("pretrain a tiny Pythia-architecture base model", lambda a: _stage("experiments.pretrain", a)),
+        "sft": ("supervised fine-tuning on the references (+ ROUGE eval)", lambda a: _stage("experiments.sft", a)),
+        "reward": ("train, normalize and evaluate the reward model", lambda a: _stage("experiments.reward", a)),
         "quickstart": (
             "world -> datasets -> tiny base model, end to end",
             lambda a: _stage("rlhf_repro.quickstart", a),

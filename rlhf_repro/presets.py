@@ -35,3 +35,35 @@ PAPER_DATASET_FLAGS = [
     "--tokenizer",
     "EleutherAI/pythia-1b-deduped",
 ]
+
+# Stage settings of the tiny preset. The paper's lr (3e-6) and global batches (128 SFT / 64 RM pairs)
+# are for billion-parameter models and >90k examples; a ~1.4M-parameter model on 16k examples needs
+# far larger steps and smaller batches to learn in minutes. Everything else (loss, schedule shape,
+# read-out, normalization, evaluation protocol) is the paper's. Measured by benchmarks/sft_rm_tiny.py.
+TINY_SFT_FLAGS = [
+    "--lr",
+    "5e-4",
+    "--local-micro-batch-size",
+    "16",
+    "--gradient-accumulation-steps",
+    "1",
+    "--local-eval-batch-size",
+    "64",
+    "--run-eval",
+]
+
+TINY_REWARD_FLAGS = [
+    "--lr",
+    "1e-4",
+    "--local-micro-batch-size",
+    "16",
+    "--gradient-accumulation-steps",
+    "1",
+    "--total-episodes",
+    "8000",
+    "--norm-episodes",
+    "4000",
+    "--local-eval-batch-size",
+    "64",
+    "--run-eval",
+]

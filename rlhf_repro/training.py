@@ -72,7 +72,17 @@ def batch_geometry(
 class StageRun:
     """The run folder, metrics.jsonl and W&B of one stage, written by the main process only."""
 
-    def __init__(self, accelerator, path: Path, args, derived: dict, inputs: dict, resume_step: int | None, job: str):
+    def __init__(
+        self,
+        accelerator,
+        path: Path,
+        args,
+        derived: dict,
+        inputs: dict,
+        resume_step: int | None,
+        job: str,
+        detail_flags: tuple[str, ...] = (),
+    ):
         self.main = accelerator.is_main_process
         self.folder = RunFolder(path)
         self.path = self.folder.path
@@ -88,6 +98,7 @@ class StageRun:
                 name=f"{args.experiment}-{job}-{path.parent.name}-{path.name}",
                 group=args.experiment,
                 job_type=job,
+                tags=changed_details(args, detail_flags),
                 config=config,
                 directory=path,
             )
@@ -106,6 +117,12 @@ class StageRun:
             self.folder.finish(summary)
             self.metrics.close()
             self.tracker.finish()
+
+
+def changed_details(args, fields: tuple[str, ...]) -> list[str]:
+    """`field=value` for each listed detail flag that differs from the paper's default (W&B tags)."""
+    defaults = type(args)()
+    return [f"{f}={getattr(args, f)}" for f in fields if getattr(args, f) != getattr(defaults, f)]
 
 
 def check_finite(value: float, what: str, step: int, checkpoint_dir: Path) -> None:

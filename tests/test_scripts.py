@@ -274,6 +274,9 @@ def test_pretrain_tracks_to_wandb_offline(small_world, tmp_path):
         ["sim", "generate", "--help"],
         ["build-dataset", "--help"],
         ["pretrain", "--help"],
+        ["sft", "--help"],
+        ["reward", "--help"],
+        ["sim", "score-table", "--help"],
         ["quickstart", "--help"],
     ],
 )
@@ -290,6 +293,8 @@ def test_script_help_documents_every_flag():
             "--cnndm-params.max-rm-query-response-length",
         ],
         "experiments/pretrain.py": ["--model-preset", "--resume", "--track"],
+        "experiments/sft.py": ["--base-model", "--run-eval", "--sampler", "--response-length", "--eval-at-start"],
+        "experiments/reward.py": ["--sft-model-path", "--shuffle-seed", "--eval-gather", "--norm-episodes"],
     }.items():
         r = run_cmd([sys.executable, script, "--help"])
         assert r.returncode == 0

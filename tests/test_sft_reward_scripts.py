@@ -359,3 +359,48 @@ def test_stage_errors_name_the_problem(small_datasets, tiny_base_model, small_wo
     # A reward model path that is not one.
     r = reward(small_datasets, tiny_base_model, tmp_path, "--reward-model-path", str(tiny_base_model))
     assert r.returncode == 2 and "not a reward model" in r.stderr
+
+
+def test_sft_tracks_to_wandb_offline_with_detail_tags(small_datasets, tiny_base_model, tmp_path):
+    r = sft(
+        small_datasets,
+        tiny_base_model,
+        tmp_path,
+        "--local-micro-batch-size",
+        "4",
+        "--gradient-accumulation-steps",
+        "1",
+        "--total-episodes",
+        "4",
+        "--sampler",
+        "hf",
+        "--track",
+        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"},
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "t" / "sft" / "tiny" / "1"
+    files = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert files
+    # Tags name the detail flags that differ from the paper (here the learning rate and the sampler).
+    blob = files[0].read_bytes()
+    assert b"lr=0.003" in blob and b"sampler=hf" in blob
+
+
+def test_score_table_gold_labels_a_query_responses_table(sft_run, small_world, tmp_path):
+    from rlhf_repro.sim.evaluate import post_from_query, score_table
+    from tests.conftest import cli
+
+    run, _ = sft_run
+    table = run / "query_responses_validation.csv"
+    r = cli("sim", "score-table", str(table), "--world", str(small_world), "--out", str(tmp_path / "g.csv"))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout[: r.stdout.rindex("}") + 1])
+    assert summary["rows"] == 10 and summary["gold_reference"] > 5  # references are good summaries
+    with open(tmp_path / "g.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {"gold_response", "gold_reference", "contradictions_response"} <= set(rows[0])
+    # Without the world, the post is parsed out of the query; scores agree unless the query was truncated.
+    _, parsed = score_table(table)
+    assert parsed["rows"] == 10
+    query = "SUBREDDIT: r/x\n\nTITLE: t\n\nPOST: I (24 M) met her.\n\nSecond paragraph.\n\nTL;DR:"
+    assert post_from_query(query) == "I (24 M) met her.\n\nSecond paragraph."
