@@ -27,6 +27,7 @@ model/ (a self-contained save_pretrained directory: backbone + head + bias, R-20
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -98,8 +99,11 @@ class Args:
     # --- batch sizes (detail 10) -----------------------------------------------------------------
     num_train_epochs: int = 1
     """Epochs over the selected pairs (0: no training)."""
-    gradient_accumulation_steps: int = 8
-    """Micro-batches per update on each process."""
+    batch_size: int = 64
+    """Global batch: pairs per update over all processes. Accumulation steps are derived from it:
+    batch_size / (local micro-batch x processes), e.g. 8 on the reference's 8 GPUs."""
+    gradient_accumulation_steps: int | None = None
+    """Micro-batches per update on each process; when set, it overrides --batch-size."""
     local_micro_batch_size: int = 1
     """Pairs per micro-batch on each process (global batch = this x accumulation x processes)."""
     local_eval_batch_size: int = 1
@@ -141,6 +145,7 @@ class Args:
 
 # Flags of paper details: W&B tags name those that differ from the paper's defaults.
 DETAIL_FLAGS = (
+    "batch_size",
     "lr",
     "eps",
     "optimizer",
@@ -308,14 +313,19 @@ def main(args: Args) -> dict:
         batch_geometry,
         check_finite,
         crash_point,
+        launched_world_size,
         load_training_state,
         make_accelerator,
         make_optimizer,
+        resolve_accumulation,
         save_training_state,
     )
 
     t_start = time.time()
-    accelerator = make_accelerator(args.gradient_accumulation_steps)
+    accumulation = resolve_accumulation(
+        args.batch_size, args.gradient_accumulation_steps, args.local_micro_batch_size, launched_world_size()
+    )
+    accelerator = make_accelerator(accumulation)
     rank, world = accelerator.process_index, accelerator.num_processes
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -337,13 +347,10 @@ def main(args: Args) -> dict:
     episodes = min(args.total_episodes or len(train), len(train))
     if accelerator.is_main_process and args.total_episodes and args.total_episodes > len(train):
         print(f"--total-episodes {args.total_episodes} > {len(train)} train pairs: using all {len(train)}")
-    derived = batch_geometry(
-        args.local_micro_batch_size, args.gradient_accumulation_steps, world, episodes, args.num_train_epochs
-    )
+    derived = batch_geometry(args.local_micro_batch_size, accumulation, world, episodes, args.num_train_epochs)
     if args.num_train_epochs > 0 and derived["num_updates"] == 0:
         raise InputError(
-            f"global batch {derived['batch_size']} is larger than the {episodes} selected pairs; "
-            "lower --local-micro-batch-size or --gradient-accumulation-steps",
+            f"global batch {derived['batch_size']} is larger than the {episodes} selected pairs; lower --batch-size",
             args.label_dataset,
         )
     num_updates, updates_per_epoch = derived["num_updates"], derived["updates_per_epoch"]
@@ -360,6 +367,9 @@ def main(args: Args) -> dict:
     )
     model_name = args.model_name or model_name_of(source_model)
     path = run_dir(args.results_dir, args.experiment, "reward", model_name, args.seed)
+    if args.resume and (path / "summary.json").exists():
+        print(f"already done: {path} (its summary.json exists; pass --no-resume to run it again)")
+        return json.loads((path / "summary.json").read_text())
     resume_config = {k: v for k, v in vars(args).items() if k not in RESUME_IGNORED} | {"world_size": world}
     ckpt = path / "checkpoint"
     state = load_training_state(accelerator, ckpt, model, optimizer, scheduler, resume_config) if args.resume else None
@@ -378,13 +388,14 @@ def main(args: Args) -> dict:
             "tokenizer": args.tokenizer,
         },
         resume_step=start if state else None,
+        keep_lines=state["extra"].get("metrics_lines") if state else None,
         job="reward",
         detail_flags=DETAIL_FLAGS,
     )
     if accelerator.is_main_process:
         print(
             f"reward {model_name}: {episodes} pairs x {args.num_train_epochs} epoch(s), global batch "
-            f"{derived['batch_size']} ({args.local_micro_batch_size} x {args.gradient_accumulation_steps} x {world} "
+            f"{derived['batch_size']} ({args.local_micro_batch_size} x {accumulation} x {world} "
             f"processes) -> {num_updates} updates, shuffle {args.shuffle_seed}"
             + (f"; resuming from update {start}" if state else "")
         )
@@ -402,10 +413,8 @@ def main(args: Args) -> dict:
     for update in bar:
         epoch_update = update % updates_per_epoch  # the reference repeats the same order each epoch
         stats = []
-        for step in range(args.gradient_accumulation_steps):
-            rows = microbatch_rows(
-                order, args.local_micro_batch_size, args.gradient_accumulation_steps, world, rank, epoch_update, step
-            )
+        for step in range(accumulation):
+            rows = microbatch_rows(order, args.local_micro_batch_size, accumulation, world, rank, epoch_update, step)
             chosen, rejected = (t.to(accelerator.device) for t in token_batch(train, rows, *PREFERENCE_COLUMNS[1:3]))
             with accelerator.accumulate(model):
                 r_chosen, r_rejected = pair_rewards(model, chosen, rejected, pad)
@@ -441,7 +450,8 @@ def main(args: Args) -> dict:
         )
         bar.set_postfix(loss=f"{mean[0]:.3f}", acc=f"{mean[1]:.2f}")
         if done == num_updates or (args.save_every and done % args.save_every == 0):
-            save_training_state(accelerator, ckpt, done, model, optimizer, scheduler, resume_config)
+            extra = {"metrics_lines": run.lines}
+            save_training_state(accelerator, ckpt, done, model, optimizer, scheduler, resume_config, extra)
             crash_point(done)
     bar.close()
     seen = {int(r) for p in range(world) for r in rows_seen(pair_order(args, p, len(train), episodes), derived, p)}
@@ -451,6 +461,7 @@ def main(args: Args) -> dict:
         "train_seconds": round(time.time() - t_train, 2),
         "final_train_loss": loss_value,
         # R-15 made visible: with per-rank shuffling and 2+ processes some pairs are never trained on.
+        # Computed from the same per-rank orders and micro-batch assignment the loop reads its rows from.
         "train/rm/distinct_pairs_fraction": len(seen) / max(1, updates_per_epoch * derived["batch_size"]),
     }
 
@@ -465,6 +476,7 @@ def main(args: Args) -> dict:
     run.write_table("rm_normalization.csv", norm_table)
     summary.update(norm_metrics)
     summary["normalization_seconds"] = round(time.time() - t_norm, 2)
+    crash_point("normalization")
     if accelerator.is_main_process:
         print(
             f"reference rewards: mean {norm_metrics['eval/rm/normalized_mean']:.4f} -> bias "

@@ -18,6 +18,7 @@ model + tokenizer, the next stage's --sft-model-path).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from rlhf_repro.generation import generate
 from rlhf_repro.io import InputError, atomic_directory
 from rlhf_repro.ops import forward, next_token_loss, trim_right_padding, truncate_response
 from rlhf_repro.runs import model_name_of, run_dir
-from rlhf_repro.seeding import local_seed, seed_everything
+from rlhf_repro.seeding import derived_seed, local_seed, seed_everything
 from rlhf_repro.training import gather_objects
 
 
@@ -82,8 +83,11 @@ class Args:
     # --- batch sizes (detail 9) ------------------------------------------------------------------
     num_train_epochs: int = 1
     """Epochs over the training examples (0: no training, e.g. to evaluate a model as it is)."""
-    gradient_accumulation_steps: int = 16
-    """Micro-batches per update on each process."""
+    batch_size: int = 128
+    """Global batch: sequences per update over all processes. Accumulation steps are derived from it:
+    batch_size / (local micro-batch x processes), e.g. 16 on the reference's 8 GPUs."""
+    gradient_accumulation_steps: int | None = None
+    """Micro-batches per update on each process; when set, it overrides --batch-size."""
     local_micro_batch_size: int = 1
     """Sequences per micro-batch on each process (global batch = this x accumulation x processes)."""
     local_eval_batch_size: int = 4
@@ -125,6 +129,7 @@ class Args:
 
 # Flags of paper details: W&B tags name those that differ from the paper's defaults.
 DETAIL_FLAGS = (
+    "batch_size",
     "lr",
     "eps",
     "optimizer",
@@ -133,7 +138,6 @@ DETAIL_FLAGS = (
     "num_train_epochs",
     "response_length",
     "temperature",
-    "sampler",
 )
 
 # Fields that do not change the numbers a run produces: a resumed run may change them.
@@ -158,7 +162,7 @@ def evaluate(args: Args, accelerator, model, tokenizer, dataset, split: str) -> 
     rows, batch_losses = [], []
     # Sampling draws from a generator seeded by (seed, rank, split), so results do not depend on what ran before.
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(local_seed(args.seed, rank) + {"validation": 1, "test": 2}.get(split, 3))
+        torch.manual_seed(derived_seed(local_seed(args.seed, rank), {"validation": 1, "test": 2}.get(split, 3)))
         for idx in tqdm(batches, desc=f"eval {split}", disable=not (args.progress and accelerator.is_main_process)):
             queries, references = (t.to(accelerator.device) for t in token_batch(dataset, idx, *SFT_COLUMNS[:2]))
             # The reference's eval loss: left-padded query followed by the right-padded reference (all tokens).
@@ -211,14 +215,19 @@ def main(args: Args) -> dict:
         batch_geometry,
         check_finite,
         crash_point,
+        launched_world_size,
         load_training_state,
         make_accelerator,
         make_optimizer,
+        resolve_accumulation,
         save_training_state,
     )
 
     t_start = time.time()
-    accelerator = make_accelerator(args.gradient_accumulation_steps)
+    accumulation = resolve_accumulation(
+        args.batch_size, args.gradient_accumulation_steps, args.local_micro_batch_size, launched_world_size()
+    )
+    accelerator = make_accelerator(accumulation)
     rank, world = accelerator.process_index, accelerator.num_processes
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -234,22 +243,22 @@ def main(args: Args) -> dict:
     train = data["train"]
     check_padding(train, "reference_response_token", pad, "right", args.query_dataset)
     episodes = min(args.total_episodes or len(train), len(train))
-    derived = batch_geometry(
-        args.local_micro_batch_size, args.gradient_accumulation_steps, world, episodes, args.num_train_epochs
-    )
+    derived = batch_geometry(args.local_micro_batch_size, accumulation, world, episodes, args.num_train_epochs)
     if args.num_train_epochs > 0 and derived["num_updates"] == 0:
         raise InputError(
-            f"global batch {derived['batch_size']} is larger than the {episodes} training examples; "
-            "lower --local-micro-batch-size or --gradient-accumulation-steps",
+            f"global batch {derived['batch_size']} is larger than the {episodes} training examples; lower --batch-size",
             args.query_dataset,
         )
     num_updates, updates_per_epoch = derived["num_updates"], derived["updates_per_epoch"]
 
     # --- model, optimizer, schedule (details 7-9) ---------------------------------------------------
     model = load_causal_lm(args.base_model)  # dropout disabled (detail 7)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings + 1:
+    n_embed = model.get_input_embeddings().num_embeddings
+    # PAD never reaches the model (it is replaced by 0, detail 6): every other id must have an embedding.
+    largest_id = max(i for i in (len(tokenizer) - 1, len(tokenizer) - 2) if i != pad)
+    if largest_id >= n_embed:
         raise InputError(
-            f"tokenizer has {len(tokenizer)} tokens but the model embeds {model.get_input_embeddings().num_embeddings}",
+            f"tokenizer ids reach {largest_id} but the model embeds only {n_embed} tokens",
             args.tokenizer or args.base_model,
         )
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.eps)
@@ -258,6 +267,9 @@ def main(args: Args) -> dict:
     )
     model_name = args.model_name or model_name_of(args.base_model)
     path = run_dir(args.results_dir, args.experiment, "sft", model_name, args.seed)
+    if args.resume and (path / "summary.json").exists():
+        print(f"already done: {path} (its summary.json exists; pass --no-resume to run it again)")
+        return json.loads((path / "summary.json").read_text())
     resume_config = {k: v for k, v in vars(args).items() if k not in RESUME_IGNORED} | {"world_size": world}
     ckpt = path / "checkpoint"
     state = load_training_state(accelerator, ckpt, model, optimizer, scheduler, resume_config) if args.resume else None
@@ -270,13 +282,14 @@ def main(args: Args) -> dict:
         derived,
         inputs={"base_model": args.base_model, "query_dataset": args.query_dataset, "tokenizer": args.tokenizer},
         resume_step=start if state else None,
+        keep_lines=state["extra"].get("metrics_lines") if state else None,
         job="sft",
         detail_flags=DETAIL_FLAGS,
     )
     if accelerator.is_main_process:
         print(
             f"sft {model_name}: {episodes} examples x {args.num_train_epochs} epoch(s), global batch "
-            f"{derived['batch_size']} ({args.local_micro_batch_size} x {args.gradient_accumulation_steps} x {world} "
+            f"{derived['batch_size']} ({args.local_micro_batch_size} x {accumulation} x {world} "
             f"processes) -> {num_updates} updates" + (f"; resuming from update {start}" if state else "")
         )
 
@@ -308,13 +321,13 @@ def main(args: Args) -> dict:
     for update in bar:
         epoch, epoch_update = divmod(update, updates_per_epoch)
         if epoch not in orders:  # a fresh shuffle per epoch from the shared seed: the same on every rank
-            orders = {epoch: permutation(len(train), args.seed + epoch)[:episodes]}
+            orders = {epoch: permutation(len(train), derived_seed(args.seed, epoch))[:episodes]}
         losses = []
-        for step in range(args.gradient_accumulation_steps):
+        for step in range(accumulation):
             rows = microbatch_rows(
                 orders[epoch],
                 args.local_micro_batch_size,
-                args.gradient_accumulation_steps,
+                accumulation,
                 world,
                 rank,
                 epoch_update,
@@ -345,7 +358,8 @@ def main(args: Args) -> dict:
         )
         bar.set_postfix(loss=f"{loss_value:.3f}")
         if done == num_updates or (args.save_every and done % args.save_every == 0):
-            save_training_state(accelerator, ckpt, done, model, optimizer, scheduler, resume_config)
+            extra = {"metrics_lines": run.lines}
+            save_training_state(accelerator, ckpt, done, model, optimizer, scheduler, resume_config, extra)
             crash_point(done)
     bar.close()
     summary["train_seconds"] = round(time.time() - t_train, 2)
@@ -367,6 +381,7 @@ def main(args: Args) -> dict:
             run.log(metrics, step=num_updates)
             run.write_table(f"query_responses_{split}.csv", table)
             summary.update(metrics)
+            crash_point(f"eval-{split}")
             if accelerator.is_main_process:
                 m = {k.split("/", 2)[-1]: v for k, v in metrics.items()}
                 print(

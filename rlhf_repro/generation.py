@@ -26,7 +26,8 @@ TEMPERATURE_EPS = 1e-7  # the reference adds it to every temperature (R-01), so 
 def sample_from_logits(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None):
     """One token per row from softmax(logits / (T + 1e-7)) by inverse CDF; argmax when T == 0.
 
-    logits: (B, V). Returns (tokens (B,), log-probs of those tokens under the tempered distribution (B,)).
+    logits: (B, V). Returns (tokens (B,), log-probs of those tokens under the tempered distribution (B,);
+    at T == 0, under the untempered softmax).
     """
     if temperature == 0:
         tokens = logits.argmax(-1)

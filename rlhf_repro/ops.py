@@ -31,10 +31,12 @@ def truncate_response(responses: torch.Tensor, truncate_token_id: int, pad_token
 
 
 def reward_index(query_responses: torch.Tensor, pad_token_id: int, context_length: int = 0) -> torch.Tensor:
-    """Position the reward is read from (detail 12): the last non-PAD token after `context_length`.
+    """Position the reward is read from (detail 12): the index of the first PAD after `context_length`,
+    minus 1; with no PAD, the last position.
 
-    `context_length` is 0 for right-padded RM data and the (left-padded) query width for PPO layouts:
-    the index of the first PAD in the response part, minus 1. With no PAD it is the last position.
+    `context_length` is 0 for right-padded RM data and the (left-padded) query width for PPO layouts.
+    With the datasets' right padding and EOS truncation this is the last non-PAD token, the EOS. A PAD
+    id sampled mid-response would end the read-out there, as in the reference.
     """
     response_part = query_responses[:, context_length:] == pad_token_id
     return first_true_indices(response_part) - 1 + context_length

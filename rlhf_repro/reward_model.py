@@ -68,10 +68,13 @@ class ScalarModel(PreTrainedModel):
     def from_sft(cls, backbone, source_model: str | None = None) -> ScalarModel:
         """A fresh RM whose backbone weights are those of `backbone` (an AutoModel, no LM head)."""
         base = backbone.config.to_dict()
+        from rlhf_repro.modeling import disable_dropout
+
         model = cls(ScalarModelConfig(base_config=base, source_model=source_model))
         missing, unexpected = model.lm_backbone.load_state_dict(backbone.state_dict(), strict=False)
         if unexpected or [k for k in missing if "rotary" not in k]:
             raise ValueError(f"backbone weights do not fit: missing {missing}, unexpected {unexpected}")
+        disable_dropout(model)  # detail 7: the fresh body is built from the config, so turn it off here too
         return model
 
 

@@ -53,24 +53,25 @@ class MetricsWriter:
     """Append-only metrics.jsonl. On resume, lines logged after the checkpoint's step are dropped so
     the file ends exactly as an uninterrupted run's would."""
 
-    def __init__(self, path: str | os.PathLike, resume_step: int | None = None):
+    def __init__(self, path: str | os.PathLike, resume_step: int | None = None, keep_lines: int | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is None:
-            self.path.write_text("")
-        elif self.path.exists():
-            keep = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", -1) <= resume_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in keep))
+        keep: list[str] = []
+        if resume_step is not None and self.path.exists():
+            keep = [line for line in self.path.read_text().splitlines() if line.strip()]
+            if keep_lines is not None:  # exactly what was logged when the checkpoint was written
+                keep = keep[:keep_lines]
+            else:
+                keep = [line for line in keep if json.loads(line).get("step", -1) <= resume_step]
+        self.path.write_text("".join(line + "\n" for line in keep))
+        self.lines = len(keep)
         self._f = open(self.path, "a", encoding="utf-8")
 
     def log(self, metrics: dict, step: int) -> None:
         row = {"step": step, **{k: _json_safe(v) for k, v in metrics.items()}}
         self._f.write(json.dumps(row) + "\n")
         self._f.flush()
+        self.lines += 1
 
     def close(self) -> None:
         self._f.close()
@@ -97,11 +98,14 @@ class RunFolder:
     def is_done(self) -> bool:
         return self.summary_path.exists()
 
-    def start(self, args, inputs: dict | None = None, resume_step: int | None = None) -> MetricsWriter:
+    def start(
+        self, args, inputs: dict | None = None, resume_step: int | None = None, keep_lines: int | None = None
+    ) -> MetricsWriter:
         self.path.mkdir(parents=True, exist_ok=True)
+        self.summary_path.unlink(missing_ok=True)
         atomic_write_json(self.path / "config.json", config_dict(args))
         atomic_write_json(self.path / "provenance.json", provenance(inputs))
-        return MetricsWriter(self.path / "metrics.jsonl", resume_step=resume_step)
+        return MetricsWriter(self.path / "metrics.jsonl", resume_step=resume_step, keep_lines=keep_lines)
 
     def finish(self, summary: dict) -> None:
         atomic_write_json(self.summary_path, {k: _json_safe(v) for k, v in summary.items()})

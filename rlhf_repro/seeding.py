@@ -43,3 +43,14 @@ def data_generator(seed: int):
     g = torch.Generator()
     g.manual_seed(seed)
     return g
+
+
+def derived_seed(*parts: int) -> int:
+    """A seed for a sub-stream (an epoch's shuffle, one split's evaluation samples) from integer parts.
+
+    Mixing through numpy's SeedSequence keeps streams apart: (seed 1, epoch 1) and (seed 2, epoch 0)
+    do not collide the way `seed + epoch` would.
+    """
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])

@@ -24,6 +24,27 @@ from rlhf_repro.runs import (
 from rlhf_repro.tracking import NoOpTracker, make_tracker
 
 
+def launched_world_size() -> int:
+    """Processes of this launch, as torchrun / accelerate launch announce them (1 when run directly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def resolve_accumulation(batch_size: int, accumulation: int | None, micro_batch: int, world_size: int) -> int:
+    """Accumulation steps per update: given explicitly, or derived so that the global batch is
+    `batch_size` = micro-batch x accumulation x processes (the paper's 128 / 64 on any process count)."""
+    if accumulation is not None:
+        if accumulation < 1:
+            raise InputError(f"--gradient-accumulation-steps must be >= 1, got {accumulation}")
+        return accumulation
+    per_step = micro_batch * world_size
+    if batch_size < 1 or batch_size % per_step:
+        raise InputError(
+            f"--batch-size {batch_size} is not a multiple of local micro-batch {micro_batch} x {world_size} "
+            "process(es); change one of them or pass --gradient-accumulation-steps"
+        )
+    return batch_size // per_step
+
+
 def make_accelerator(gradient_accumulation_steps: int = 1):
     """An `Accelerator` that also works with 2+ CPU processes.
 
@@ -32,8 +53,25 @@ def make_accelerator(gradient_accumulation_steps: int = 1):
     (accelerate 1.15; stack-notes §5).
     """
     from accelerate import Accelerator
+    from accelerate.utils import DistributedType
 
-    return Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=gradient_accumulation_steps)
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(), gradient_accumulation_steps=gradient_accumulation_steps
+    )
+    if accelerator.num_processes != launched_world_size():
+        raise RuntimeError(
+            f"launched as {launched_world_size()} process(es) but accelerate sees {accelerator.num_processes}"
+        )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # Rank 0's optimizer state is only its ZeRO partition: our checkpoints cannot restore it.
+        print("note: checkpoint/resume is not supported under DeepSpeed yet; this run saves its final model only")
+    return accelerator
+
+
+def checkpoints_supported(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type != DistributedType.DEEPSPEED
 
 
 def make_optimizer(name: str, params, lr: float, eps: float):
@@ -82,6 +120,7 @@ class StageRun:
         resume_step: int | None,
         job: str,
         detail_flags: tuple[str, ...] = (),
+        keep_lines: int | None = None,
     ):
         self.main = accelerator.is_main_process
         self.folder = RunFolder(path)
@@ -90,7 +129,7 @@ class StageRun:
         self.tracker = NoOpTracker()
         if self.main:
             config = {**config_dict(args), "derived": derived}
-            self.metrics = self.folder.start(config, inputs=inputs, resume_step=resume_step)
+            self.metrics = self.folder.start(config, inputs=inputs, resume_step=resume_step, keep_lines=keep_lines)
             self.tracker = make_tracker(
                 args.track,
                 project=args.wandb_project,
@@ -102,6 +141,11 @@ class StageRun:
                 config=config,
                 directory=path,
             )
+
+    @property
+    def lines(self) -> int:
+        """metrics.jsonl lines written so far (stored in checkpoints: a resume truncates back to it)."""
+        return self.metrics.lines if self.main else 0
 
     def log(self, row: dict, step: int) -> None:
         if self.main:
@@ -139,6 +183,8 @@ def save_training_state(accelerator, directory: Path, step: int, model, optimize
     other rank's RNG in rng_rank{r}.pt, written before the main state so a complete state.pt always has
     its rank files."""
     directory = Path(directory)
+    if not checkpoints_supported(accelerator):
+        return
     accelerator.wait_for_everyone()
     if accelerator.process_index > 0:
         directory.mkdir(parents=True, exist_ok=True)
@@ -154,14 +200,20 @@ def save_training_state(accelerator, directory: Path, step: int, model, optimize
 
 def load_training_state(accelerator, directory: Path, model, optimizer, scheduler, config) -> dict | None:
     """Restore a `save_training_state` checkpoint on every rank (before `accelerator.prepare`)."""
+    if not checkpoints_supported(accelerator):
+        return None
     state = load_checkpoint(directory, model, optimizer, scheduler, config=config)
     if state is None or accelerator.process_index == 0:
         return state
     path = Path(directory) / f"rng_rank{accelerator.process_index}.pt"
-    if path.exists():
-        rank_state = torch.load(path, map_location="cpu", weights_only=False)
-        if rank_state["step"] == state["step"]:
-            set_rng_state(rank_state["rng"])
+    rank_state = torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+    if rank_state is not None and rank_state["step"] == state["step"]:
+        set_rng_state(rank_state["rng"])
+    else:
+        print(
+            f"warning: rank {accelerator.process_index} has no RNG state for update {state['step']} in {directory}; "
+            "it continues from rank 0's, so its later samples differ from an uninterrupted run"
+        )
     return state
 
 
@@ -174,11 +226,12 @@ def gather_objects(accelerator, objects: list) -> list:
     return gather_object(objects)
 
 
-CRASH_ENV = "RLHF_REPRO_CRASH_AFTER_UPDATE"
+CRASH_ENV = "RLHF_REPRO_CRASH_AT"
 
 
-def crash_point(update: int) -> None:
-    """Fault injection for resume tests: exit abruptly after `update` when RLHF_REPRO_CRASH_AFTER_UPDATE
-    names it (called after that update's checkpoint, like a kill right after a save)."""
-    if os.environ.get(CRASH_ENV) == str(update):
+def crash_point(where: int | str) -> None:
+    """Fault injection for resume tests: exit abruptly (code 17, nothing flushed or cleaned up, like a
+    kill) when RLHF_REPRO_CRASH_AT names this point: an update number (right after its checkpoint) or
+    a phase name such as "normalization" or "eval"."""
+    if os.environ.get(CRASH_ENV) == str(where):
         os._exit(17)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sys
 
 import pytest
@@ -151,7 +152,7 @@ def test_sft_resumes_bit_identical_after_a_crash(sft_run, small_datasets, tiny_b
     run, _ = sft_run
     args = ("--local-micro-batch-size", "4", "--gradient-accumulation-steps", "2", "--total-episodes", "48")
     args += ("--save-every", "3", "--run-eval", "--eval-at-start")
-    r = sft(small_datasets, tiny_base_model, tmp_path, *args, env={"RLHF_REPRO_CRASH_AFTER_UPDATE": "3"})
+    r = sft(small_datasets, tiny_base_model, tmp_path, *args, env={"RLHF_REPRO_CRASH_AT": "3"})
     assert r.returncode == 17  # killed right after the update-3 checkpoint
     resumed = tmp_path / "t" / "sft" / "tiny" / "1"
     assert not (resumed / "summary.json").exists()
@@ -169,30 +170,35 @@ def test_sft_resumes_bit_identical_after_a_crash(sft_run, small_datasets, tiny_b
     (resumed / "summary.json").unlink()
     r = sft(small_datasets, tiny_base_model, tmp_path, *args[:-2], "--lr", "1e-3")
     assert r.returncode != 0 and "different config" in r.stderr
+    # A kill during evaluation resumes from the last checkpoint without duplicated metric rows.
+    shutil.rmtree(tmp_path / "t")
+    r = sft(small_datasets, tiny_base_model, tmp_path, *args, env={"RLHF_REPRO_CRASH_AT": "eval-validation"})
+    assert r.returncode == 17
+    r = sft(small_datasets, tiny_base_model, tmp_path, *args)
+    assert r.returncode == 0 and "resuming from update 6" in r.stdout, r.stderr[-2000:]
+    assert without_time(metrics(run)) == without_time(metrics(resumed))
+    assert (run / "query_responses_test.csv").read_text() == (resumed / "query_responses_test.csv").read_text()
 
 
 def test_sft_two_processes_equal_one_process_with_accumulation(small_datasets, tiny_base_model, tmp_path):
-    common = ("--local-micro-batch-size", "2", "--total-episodes", "4", "--save-every", "0")
-    one = sft(small_datasets, tiny_base_model, tmp_path / "one", *common, "--gradient-accumulation-steps", "2")
+    # Global batch 8 either way: 1 process x 4 micro-batches of 2, or 2 processes x 2 micro-batches of 2
+    # (DDP with no_sync inside accumulation). Two updates, so the optimizer state and schedule count too.
+    common = ("--local-micro-batch-size", "2", "--batch-size", "8", "--total-episodes", "16", "--save-every", "0")
+    one = sft(small_datasets, tiny_base_model, tmp_path / "one", *common)
     assert one.returncode == 0, one.stderr[-2000:]
     two = sft(
-        small_datasets,
-        tiny_base_model,
-        tmp_path / "two",
-        *common,
-        "--gradient-accumulation-steps",
-        "1",
-        launcher=TORCHRUN,
-        env={"OMP_NUM_THREADS": "1"},
+        small_datasets, tiny_base_model, tmp_path / "two", *common, launcher=TORCHRUN, env={"OMP_NUM_THREADS": "1"}
     )
     assert two.returncode == 0, two.stderr[-3000:]
     run_one, run_two = (tmp_path / d / "t" / "sft" / "tiny" / "1" for d in ("one", "two"))
-    assert json.loads((run_two / "config.json").read_text())["derived"]["world_size"] == 2
+    derived = {d: json.loads((p / "config.json").read_text())["derived"] for d, p in (("1", run_one), ("2", run_two))}
+    assert derived["1"]["gradient_accumulation_steps"] == 4 and derived["2"]["gradient_accumulation_steps"] == 2
+    assert derived["2"]["world_size"] == 2 and derived["1"]["num_updates"] == derived["2"]["num_updates"] == 2
     a, b = state_dict(run_one / "model"), state_dict(run_two / "model")
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     assert any(not torch.equal(a[k], state_dict(tiny_base_model)[k]) for k in a)
-    loss_one = metrics(run_one)[0]["train/sft/loss"]
-    assert metrics(run_two)[0]["train/sft/loss"] == pytest.approx(loss_one, rel=1e-5)
+    for row_one, row_two in zip(metrics(run_one), metrics(run_two)):
+        assert row_two["train/sft/loss"] == pytest.approx(row_one["train/sft/loss"], rel=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +277,7 @@ def test_reward_resumes_bit_identical_after_a_crash(reward_run, small_datasets, 
     run, sft_model, _ = reward_run
     args = ("--local-micro-batch-size", "4", "--gradient-accumulation-steps", "2", "--total-episodes", "48")
     args += ("--save-every", "3", "--run-eval")
-    r = reward(small_datasets, sft_model, tmp_path, *args, env={"RLHF_REPRO_CRASH_AFTER_UPDATE": "3"})
+    r = reward(small_datasets, sft_model, tmp_path, *args, env={"RLHF_REPRO_CRASH_AT": "3"})
     assert r.returncode == 17
     r = reward(small_datasets, sft_model, tmp_path, *args)
     assert r.returncode == 0 and "resuming from update 3" in r.stdout, r.stderr[-2000:]
@@ -280,6 +286,33 @@ def test_reward_resumes_bit_identical_after_a_crash(reward_run, small_datasets, 
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert without_time(metrics(run)) == without_time(metrics(resumed))
     assert (run / "rm_eval_validation.csv").read_text() == (resumed / "rm_eval_validation.csv").read_text()
+    # A kill during normalization (after training's last checkpoint) resumes without duplicated metrics.
+    shutil.rmtree(tmp_path / "t")
+    r = reward(small_datasets, sft_model, tmp_path, *args, env={"RLHF_REPRO_CRASH_AT": "normalization"})
+    assert r.returncode == 17 and not (resumed / "summary.json").exists()
+    r = reward(small_datasets, sft_model, tmp_path, *args)
+    assert r.returncode == 0 and "resuming from update 6" in r.stdout, r.stderr[-2000:]
+    assert without_time(metrics(run)) == without_time(metrics(resumed))
+    c = state_dict(resumed / "model")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    # Rerunning a finished command does nothing.
+    before = (resumed / "metrics.jsonl").read_text()
+    r = reward(small_datasets, sft_model, tmp_path, *args)
+    assert r.returncode == 0 and "already done" in r.stdout and (resumed / "metrics.jsonl").read_text() == before
+
+
+def test_reward_normalizing_a_saved_rm_keeps_its_scale(reward_run, small_datasets, tmp_path):
+    # With --reward-model-path and no training, the references already average 0 under the saved bias,
+    # so the new bias (old bias + the new mean) stays where it was.
+    run, sft_model, _ = reward_run
+    r = reward(
+        small_datasets, sft_model, tmp_path, "--reward-model-path", str(run / "model"), "--num-train-epochs", "0"
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    first = json.loads((run / "summary.json").read_text())
+    again = json.loads((tmp_path / "t" / "reward" / "tiny" / "1" / "summary.json").read_text())
+    assert again["num_updates"] == 0 and abs(again["eval/rm/normalized_mean"]) < 1e-4
+    assert again["eval/rm/bias"] == pytest.approx(first["eval/rm/bias"], abs=1e-4)
 
 
 def test_reward_two_processes_shuffle_and_gather_modes(reward_run, small_datasets, tmp_path):
@@ -368,8 +401,8 @@ def test_sft_tracks_to_wandb_offline_with_detail_tags(small_datasets, tiny_base_
         tmp_path,
         "--local-micro-batch-size",
         "4",
-        "--gradient-accumulation-steps",
-        "1",
+        "--batch-size",
+        "4",
         "--total-episodes",
         "4",
         "--sampler",
@@ -381,9 +414,9 @@ def test_sft_tracks_to_wandb_offline_with_detail_tags(small_datasets, tiny_base_
     run = tmp_path / "t" / "sft" / "tiny" / "1"
     files = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert files
-    # Tags name the detail flags that differ from the paper (here the learning rate and the sampler).
+    # Tags name the detail flags that differ from the paper (here the learning rate and the batch size).
     blob = files[0].read_bytes()
-    assert b"lr=0.003" in blob and b"sampler=hf" in blob
+    assert b"lr=0.003" in blob and b"batch_size=4" in blob
 
 
 def test_score_table_gold_labels_a_query_responses_table(sft_run, small_world, tmp_path):

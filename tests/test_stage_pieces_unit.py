@@ -93,6 +93,19 @@ def test_rouge_is_configured_as_evaluates_default():
     assert rouge.pair_scores(["The CAT, sat!"], ["the cat sat"])[0]["rougeL"].fmeasure == pytest.approx(1.0)
 
 
+def test_rouge_batch_value_is_the_bootstrap_aggregators_mid():
+    from rouge_score import scoring
+
+    scores = rouge.pair_scores(["a b c d", "a x", "b c", "q r s"], ["a b c", "a b", "a b c", "q s"])
+    np.random.seed(11)
+    agg = scoring.BootstrapAggregator()
+    for s in scores:
+        agg.add_scores(s)
+    expected = agg.aggregate()
+    got = rouge.batch_value(scores, seed=11)
+    assert all(got[k] == pytest.approx(expected[k].mid.fmeasure) for k in rouge.ROUGE_TYPES)
+
+
 def test_rouge_aggregations():
     preds = ["a b c", "a b", "x y", "a"]
     refs = ["a b c", "a c", "a b", "a b"]
@@ -132,6 +145,62 @@ def test_per_rank_shuffle_makes_ranks_overlap():
     per_rank = np.concatenate([rows_seen(permutation(400, 1 + 100003 * r), geo, r) for r in range(2)])
     assert len(set(shared.tolist())) == 400
     assert 0.65 < len(set(per_rank.tolist())) / 400 < 0.85  # about 3/4 expected with two ranks
+
+
+def test_accumulation_is_derived_from_the_global_batch():
+    from rlhf_repro.training import resolve_accumulation
+
+    assert resolve_accumulation(128, None, 1, 8) == 16  # the paper's SFT on 8 GPUs
+    assert resolve_accumulation(64, None, 1, 8) == 8  # the paper's RM
+    assert resolve_accumulation(128, None, 4, 1) == 32
+    assert resolve_accumulation(128, 3, 4, 1) == 3  # explicit accumulation wins
+    with pytest.raises(InputError, match="not a multiple"):
+        resolve_accumulation(100, None, 8, 1)
+
+
+def test_derived_seeds_do_not_collide_across_seeds_and_epochs():
+    from rlhf_repro.seeding import derived_seed
+
+    assert derived_seed(1, 1) != derived_seed(2, 0)
+    assert derived_seed(1, 1) == derived_seed(1, 1)
+
+
+def test_disable_dropout_reaches_modules_attention_rates_and_config(tmp_path):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from rlhf_repro.modeling import disable_dropout
+    from rlhf_repro.reward_model import ScalarModel, load_backbone
+
+    config = GPTNeoXConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        attention_dropout=0.3,
+        hidden_dropout=0.3,
+    )
+    model = GPTNeoXForCausalLM(config)
+    disable_dropout(model)
+    assert all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    assert all(getattr(m, "attention_dropout", 0.0) == 0.0 for m in model.modules())
+    assert model.config.attention_dropout == 0.0 and model.config.hidden_dropout == 0.0
+    # A fresh RM body is built from the config; dropout must be off there too.
+    GPTNeoXForCausalLM(config).save_pretrained(tmp_path / "m")
+    rm = ScalarModel.from_sft(load_backbone(tmp_path / "m"))
+    assert all(m.p == 0 for m in rm.modules() if isinstance(m, torch.nn.Dropout))
+    assert all(getattr(m, "attention_dropout", 0.0) == 0.0 for m in rm.modules())
+
+
+def test_metrics_writer_resumes_to_the_checkpoints_line_count(tmp_path):
+    from rlhf_repro.runs import MetricsWriter, read_metrics
+
+    w = MetricsWriter(tmp_path / "m.jsonl")
+    for step in (0, 1, 2, 2, 2):  # e.g. eval rows logged at the last update's step
+        w.log({"x": step}, step=step)
+    w.close()
+    MetricsWriter(tmp_path / "m.jsonl", resume_step=2, keep_lines=3).close()
+    assert [r["step"] for r in read_metrics(tmp_path / "m.jsonl")] == [0, 1, 2]
 
 
 def test_eval_batches_partition_rows_without_repeats():

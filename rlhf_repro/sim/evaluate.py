@@ -56,7 +56,9 @@ def score_table(path: str | os.PathLike, posts: dict[str, str] | None = None) ->
             if side == "response":
                 for fact, value in d.covered.items():
                     totals[f"covered/{fact}"] = totals.get(f"covered/{fact}", 0.0) + value
-        row["gold_response_beats_reference"] = float(row["gold_response"] > row["gold_reference"])
+        # A tie counts half, as a coin flip would settle it.
+        g_resp, g_ref = row["gold_response"], row["gold_reference"]
+        row["gold_response_beats_reference"] = 1.0 if g_resp > g_ref else 0.5 if g_resp == g_ref else 0.0
         totals["win_rate_vs_reference"] = (
             totals.get("win_rate_vs_reference", 0.0) + row["gold_response_beats_reference"]
         )
