@@ -53,13 +53,14 @@ from rlhf_repro.ops import trim_right_padding
 from rlhf_repro.reward_model import get_reward
 from rlhf_repro.runs import model_name_of, run_dir
 from rlhf_repro.seeding import local_seed, seed_everything
-from rlhf_repro.training import gather_objects
+from rlhf_repro.training import RESUME_IGNORED as STAGE_RESUME_IGNORED
+from rlhf_repro.training import StageArgs, gather_objects
 
 RTOL = 1e-2  # detail 14: a left/right layout difference above this counts as unexpected (hard-coded there too)
 
 
 @dataclass
-class Args:
+class Args(StageArgs):
     # --- run -------------------------------------------------------------------------------------
     experiment: str = "reward"
     """Experiment name: the run folder is RESULTS_DIR/EXPERIMENT/reward/MODEL_NAME/SEED."""
@@ -124,24 +125,6 @@ class Args:
     max_eval_samples: int | None = None
     """Evaluate only the first N pairs of each validation split (default: all)."""
 
-    # --- infrastructure --------------------------------------------------------------------------
-    save_every: int = 100
-    """Write a checkpoint every N updates (and after the last one); 0 writes only the last."""
-    resume: bool = True
-    """Continue from RUN/checkpoint when one exists (a killed run picks up where it stopped)."""
-    threads: int | None = None
-    """torch CPU threads per process (default: torch's choice)."""
-    deterministic: bool = False
-    """Ask torch for deterministic algorithms (recorded in provenance)."""
-    track: bool = False
-    """Log to Weights & Biases (WANDB_MODE=offline writes runs locally)."""
-    wandb_project: str = "rlhf-repro"
-    """W&B project."""
-    wandb_entity: str | None = None
-    """W&B entity (team or user)."""
-    progress: bool = True
-    """Show progress bars."""
-
 
 # Flags of paper details: W&B tags name those that differ from the paper's defaults.
 DETAIL_FLAGS = (
@@ -157,15 +140,10 @@ DETAIL_FLAGS = (
     "eval_gather",
 )
 
+# Fields that do not change the training a checkpoint holds: a resumed run may change them.
 RESUME_IGNORED = (
-    "resume",
-    "progress",
-    "threads",
-    "track",
-    "wandb_project",
-    "wandb_entity",
+    *STAGE_RESUME_IGNORED,
     "run_eval",
-    "save_every",
     "eval_gather",
     "norm_episodes",
     "max_eval_samples",

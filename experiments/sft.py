@@ -41,11 +41,12 @@ from rlhf_repro.io import InputError, atomic_directory
 from rlhf_repro.ops import forward, next_token_loss, trim_right_padding, truncate_response
 from rlhf_repro.runs import model_name_of, run_dir
 from rlhf_repro.seeding import derived_seed, local_seed, seed_everything
-from rlhf_repro.training import gather_objects
+from rlhf_repro.training import RESUME_IGNORED as STAGE_RESUME_IGNORED
+from rlhf_repro.training import StageArgs, gather_objects
 
 
 @dataclass
-class Args:
+class Args(StageArgs):
     # --- run -------------------------------------------------------------------------------------
     experiment: str = "sft"
     """Experiment name: the run folder is RESULTS_DIR/EXPERIMENT/sft/MODEL_NAME/SEED."""
@@ -108,24 +109,6 @@ class Args:
     max_eval_samples: int | None = None
     """Evaluate only the first N rows of each split (default: all)."""
 
-    # --- infrastructure --------------------------------------------------------------------------
-    save_every: int = 100
-    """Write a checkpoint every N updates (and after the last one); 0 writes only the last."""
-    resume: bool = True
-    """Continue from RUN/checkpoint when one exists (a killed run picks up where it stopped)."""
-    threads: int | None = None
-    """torch CPU threads per process (default: torch's choice)."""
-    deterministic: bool = False
-    """Ask torch for deterministic algorithms (recorded in provenance)."""
-    track: bool = False
-    """Log to Weights & Biases (WANDB_MODE=offline writes runs locally)."""
-    wandb_project: str = "rlhf-repro"
-    """W&B project."""
-    wandb_entity: str | None = None
-    """W&B entity (team or user)."""
-    progress: bool = True
-    """Show progress bars."""
-
 
 # Flags of paper details: W&B tags name those that differ from the paper's defaults.
 DETAIL_FLAGS = (
@@ -140,8 +123,8 @@ DETAIL_FLAGS = (
     "temperature",
 )
 
-# Fields that do not change the numbers a run produces: a resumed run may change them.
-RESUME_IGNORED = ("resume", "progress", "threads", "track", "wandb_project", "wandb_entity", "run_eval", "save_every")
+# Fields that do not change the training a checkpoint holds: a resumed run may change them.
+RESUME_IGNORED = (*STAGE_RESUME_IGNORED, "run_eval")
 
 
 TABLE_COLUMNS = ["row", "batch", "id", "query", "response", "reference", "response_token_len", "eos_present"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +23,33 @@ from rlhf_repro.runs import (
     set_rng_state,
 )
 from rlhf_repro.tracking import NoOpTracker, make_tracker
+
+
+@dataclass
+class StageArgs:
+    """Flags every training stage shares: how a run is checkpointed, threaded, tracked and shown. They
+    never change the numbers a run computes (so a resumed run may change them)."""
+
+    save_every: int = 100
+    """Write a checkpoint every N updates (and after the last one); 0 writes only the last."""
+    resume: bool = True
+    """Continue from RUN/checkpoint when one exists (a killed run picks up where it stopped)."""
+    threads: int | None = None
+    """torch CPU threads per process (default: torch's choice)."""
+    deterministic: bool = False
+    """Ask torch for deterministic algorithms (recorded in provenance)."""
+    track: bool = False
+    """Log to Weights & Biases (WANDB_MODE=offline writes runs locally)."""
+    wandb_project: str = "rlhf-repro"
+    """W&B project."""
+    wandb_entity: str | None = None
+    """W&B entity (team or user)."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+# StageArgs fields plus per-stage ones that may differ between a run and its resumption.
+RESUME_IGNORED = ("save_every", "resume", "progress", "threads", "track", "wandb_project", "wandb_entity")
 
 
 def launched_world_size() -> int:
