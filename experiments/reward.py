@@ -52,7 +52,7 @@ from rlhf_repro.io import InputError, atomic_directory
 from rlhf_repro.ops import trim_right_padding
 from rlhf_repro.reward_model import get_reward
 from rlhf_repro.runs import model_name_of, run_dir
-from rlhf_repro.seeding import local_seed, seed_everything
+from rlhf_repro.seeding import local_seed
 from rlhf_repro.training import RESUME_IGNORED as STAGE_RESUME_IGNORED
 from rlhf_repro.training import StageArgs, gather_objects
 
@@ -151,11 +151,12 @@ RESUME_IGNORED = (
 )
 
 
-def pair_order(args: Args, rank: int, n: int, episodes: int):
-    """The order in which `rank` takes its pairs. R-15: the reference shuffles with the rank-local seed
-    before selecting `total_episodes`, so processes shard different permutations."""
+def shuffled_order(args: Args, rank: int, n: int, keep: int | None):
+    """The first `keep` rows of the order in which `rank` reads a dataset of n rows. R-15: the reference
+    shuffles the pairs (and the normalization set) with the rank-local seed before selecting, so
+    processes shard different permutations; `--shuffle-seed shared` gives them one order."""
     seed = local_seed(args.seed, rank) if args.shuffle_seed == "per-rank" else args.seed
-    return permutation(n, seed)[:episodes]
+    return permutation(n, seed)[: keep or n]
 
 
 def pair_rewards(model, chosen: torch.Tensor, rejected: torch.Tensor, pad: int):
@@ -171,9 +172,7 @@ def normalize(args: Args, accelerator, model, dataset, pad: int) -> tuple[dict, 
     from tqdm.auto import tqdm
 
     rank, world = accelerator.process_index, accelerator.num_processes
-    # The reference shuffles this set with the rank-local seed too (R-15); `shared` fixes that as well.
-    order_seed = local_seed(args.seed, rank) if args.shuffle_seed == "per-rank" else args.seed
-    order = permutation(len(dataset), order_seed)[: args.norm_episodes or len(dataset)]
+    order = shuffled_order(args, rank, len(dataset), args.norm_episodes)
     ids = dataset.select_columns(["id"]) if "id" in dataset.column_names else None
     rows = []
     unwrapped = accelerator.unwrap_model(model)
@@ -291,23 +290,15 @@ def main(args: Args) -> dict:
         batch_geometry,
         check_finite,
         crash_point,
-        launched_world_size,
         load_training_state,
-        make_accelerator,
         make_optimizer,
-        resolve_accumulation,
         save_training_state,
+        setup_stage,
     )
 
     t_start = time.time()
-    accumulation = resolve_accumulation(
-        args.batch_size, args.gradient_accumulation_steps, args.local_micro_batch_size, launched_world_size()
-    )
-    accelerator = make_accelerator(accumulation)
+    accelerator, accumulation = setup_stage(args)
     rank, world = accelerator.process_index, accelerator.num_processes
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seed_everything(args.seed, rank, args.deterministic)
 
     # --- data ------------------------------------------------------------------------------------
     source_model = args.reward_model_path or args.sft_model_path
@@ -332,7 +323,7 @@ def main(args: Args) -> dict:
             args.label_dataset,
         )
     num_updates, updates_per_epoch = derived["num_updates"], derived["updates_per_epoch"]
-    order = pair_order(args, rank, len(train), episodes)
+    order = shuffled_order(args, rank, len(train), episodes)
 
     # --- model (details 10, 11) --------------------------------------------------------------------
     if args.reward_model_path:
@@ -432,7 +423,7 @@ def main(args: Args) -> dict:
             save_training_state(accelerator, ckpt, done, model, optimizer, scheduler, resume_config, extra)
             crash_point(done)
     bar.close()
-    seen = {int(r) for p in range(world) for r in rows_seen(pair_order(args, p, len(train), episodes), derived, p)}
+    seen = {int(r) for p in range(world) for r in rows_seen(shuffled_order(args, p, len(train), episodes), derived, p)}
     summary: dict = {
         "model_name": model_name,
         **derived,

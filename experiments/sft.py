@@ -40,7 +40,7 @@ from rlhf_repro.generation import generate
 from rlhf_repro.io import InputError, atomic_directory
 from rlhf_repro.ops import forward, next_token_loss, trim_right_padding, truncate_response
 from rlhf_repro.runs import model_name_of, run_dir
-from rlhf_repro.seeding import derived_seed, local_seed, seed_everything
+from rlhf_repro.seeding import derived_seed, local_seed
 from rlhf_repro.training import RESUME_IGNORED as STAGE_RESUME_IGNORED
 from rlhf_repro.training import StageArgs, gather_objects
 
@@ -198,23 +198,15 @@ def main(args: Args) -> dict:
         batch_geometry,
         check_finite,
         crash_point,
-        launched_world_size,
         load_training_state,
-        make_accelerator,
         make_optimizer,
-        resolve_accumulation,
         save_training_state,
+        setup_stage,
     )
 
     t_start = time.time()
-    accumulation = resolve_accumulation(
-        args.batch_size, args.gradient_accumulation_steps, args.local_micro_batch_size, launched_world_size()
-    )
-    accelerator = make_accelerator(accumulation)
+    accelerator, accumulation = setup_stage(args)
     rank, world = accelerator.process_index, accelerator.num_processes
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seed_everything(args.seed, rank, args.deterministic)
 
     # --- data and tokenizer ------------------------------------------------------------------------
     tokenizer = load_tokenizer(args.tokenizer or args.base_model)

@@ -96,6 +96,21 @@ def make_accelerator(gradient_accumulation_steps: int = 1):
     return accelerator
 
 
+def setup_stage(args):
+    """Every training stage's first lines: accumulation from the global batch, the accelerator, CPU
+    threads and the per-rank seeds (R-14). Returns (accelerator, accumulation steps)."""
+    from rlhf_repro.seeding import seed_everything
+
+    accumulation = resolve_accumulation(
+        args.batch_size, args.gradient_accumulation_steps, args.local_micro_batch_size, launched_world_size()
+    )
+    accelerator = make_accelerator(accumulation)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed, accelerator.process_index, args.deterministic)
+    return accelerator, accumulation
+
+
 def checkpoints_supported(accelerator) -> bool:
     from accelerate.utils import DistributedType
 
