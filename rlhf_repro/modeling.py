@@ -51,25 +51,27 @@ def preset_config(preset: str, tokenizer_size: int, eos_token_id: int = 0, max_p
     )
 
 
-def disable_dropout(model) -> None:
-    """Dropout off everywhere (detail 7): log-probs must be reproducible for PPO ratios.
-
-    Sets every `nn.Dropout`'s p to 0, and also the float dropout rates that some attention modules read
-    directly (transformers 5's GPT-NeoX attention keeps `attention_dropout` as a number) and the
-    config's `*dropout*` fields, so a saved model reloads with dropout off.
-    """
+def set_dropout(model, p: float) -> None:
+    """Set every dropout rate of `model` to p: each `nn.Dropout`, the float rates some attention modules
+    read directly (transformers 5's GPT-NeoX attention keeps `attention_dropout` as a number) and the
+    config's `*dropout*` fields, so a saved model reloads with the same rates."""
     import torch
 
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
+            module.p = p
         for name in ("attention_dropout", "dropout"):
             if isinstance(getattr(module, name, None), float):
-                setattr(module, name, 0.0)
+                setattr(module, name, p)
         config = getattr(module, "config", None)
-        for key, value in vars(config).items() if config is not None else ():
+        for key, value in list(vars(config).items()) if config is not None else ():
             if "dropout" in key and isinstance(value, float):
-                setattr(config, key, 0.0)
+                setattr(config, key, p)
+
+
+def disable_dropout(model) -> None:
+    """Dropout off everywhere (detail 7): log-probs must be reproducible for PPO ratios."""
+    set_dropout(model, 0.0)
 
 
 def check_model_source(name_or_path: str | os.PathLike) -> None:

@@ -35,10 +35,20 @@ def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) 
     return variance
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, all_reduce=None) -> torch.Tensor:
     """(values - mean) / sqrt(var + 1e-8) over the masked entries, with the *biased* variance as the
-    reference computes it. `shift_mean=False` adds the mean back (used for reward whitening, detail 24)."""
-    mean, var = masked_mean(values, mask), masked_var(values, mask, unbiased=False)
+    reference computes it. `shift_mean=False` adds the mean back (used for reward whitening, detail 24).
+
+    The reference whitens each process's batch on its own (R-13). `all_reduce`, a function summing a
+    tensor over processes, makes the statistics global instead.
+    """
+    if all_reduce is None:
+        mean, var = masked_mean(values, mask), masked_var(values, mask, unbiased=False)
+    else:
+        m = mask.to(values.dtype)
+        n = all_reduce(m.sum())
+        mean = all_reduce((values * m).sum()) / n
+        var = all_reduce((((values - mean) ** 2) * m).sum()) / n
     whitened = (values - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
@@ -140,3 +150,19 @@ def value_loss(new_values, old_values, returns, valid, cliprange_value: float):
     clipped = (clipped_values - returns) ** 2
     loss = 0.5 * masked_mean(torch.max(losses, clipped), valid)
     return loss, {"clipfrac": masked_mean((clipped > losses).float(), valid)}
+
+
+class AdaptiveKLController:
+    """lm-human-preferences' adaptive KL coefficient (the reference ships it off, R-07).
+
+    After each batch: beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon, where KL is the
+    batch's mean summed per-token KL and n_steps the episodes in the batch.
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = init_kl_coef, target, horizon
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + proportional_error * n_steps / self.horizon
+        return self.value

@@ -96,13 +96,22 @@ def make_accelerator(gradient_accumulation_steps: int = 1):
     return accelerator
 
 
-def setup_stage(args):
+def setup_stage(args, minibatches: int = 1):
     """Every training stage's first lines: accumulation from the global batch, the accelerator, CPU
-    threads and the per-rank seeds (R-14). Returns (accelerator, accumulation steps)."""
+    threads and the per-rank seeds (R-14). Returns (accelerator, accumulation steps).
+
+    With `minibatches` > 1 (PPO) each of the batch's minibatches is one optimizer step, so accumulation
+    covers batch_size / minibatches.
+    """
     from rlhf_repro.seeding import seed_everything
 
+    if args.batch_size % minibatches:
+        raise InputError(f"--batch-size {args.batch_size} is not a multiple of {minibatches} minibatches")
     accumulation = resolve_accumulation(
-        args.batch_size, args.gradient_accumulation_steps, args.local_micro_batch_size, launched_world_size()
+        args.batch_size // minibatches,
+        args.gradient_accumulation_steps,
+        args.local_micro_batch_size,
+        launched_world_size(),
     )
     accelerator = make_accelerator(accumulation)
     if args.threads:

@@ -126,3 +126,37 @@ def test_value_loss_against_hand_computed_values():
     # t0: max((0.5-1)^2, (0.2-1)^2) = 0.64 (clipped worse); t1: max((-0.1-1)^2, same) = 1.21
     assert loss.item() == pytest.approx(0.5 * (0.64 + 1.21) / 2)
     assert stats["clipfrac"].item() == pytest.approx(0.5)
+
+
+def test_adaptive_kl_controller_moves_beta_toward_the_target():
+    ctl = rl.AdaptiveKLController(0.05, target=6.0, horizon=10000)
+    assert ctl.update(12.0, 512) == pytest.approx(0.05 * (1 + 0.2 * 512 / 10000))  # KL too high: beta up, capped
+    before = ctl.value
+    assert ctl.update(3.0, 512) == pytest.approx(before * (1 - 0.2 * 512 / 10000))  # too low: down
+    assert ctl.update(6.0, 512) == pytest.approx(before * (1 - 0.2 * 512 / 10000))  # on target: unchanged
+
+
+def test_global_whitening_equals_whitening_the_concatenated_batches():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(3, 5, generator=g), torch.randn(2, 5, generator=g)
+    ma, mb = torch.rand(3, 5, generator=g) > 0.3, torch.rand(2, 5, generator=g) > 0.3
+    full = rl.masked_whiten(torch.cat([a, b]), torch.cat([ma, mb]))
+
+    # Process "a" sees shard a; its all_reduce adds what process "b" contributes to the same statistic,
+    # in the order masked_whiten asks: the count, the sum, then squared deviations from the global mean.
+    other = b * mb
+    n_b, sum_b = mb.sum().float(), other.sum()
+    seen = []
+
+    def all_reduce(t):
+        seen.append(t)
+        if len(seen) == 1:
+            return t + n_b
+        if len(seen) == 2:
+            return t + sum_b
+        global_mean = (seen[1] + sum_b) / (seen[0] + n_b)
+        return t + (((b - global_mean) ** 2) * mb).sum()
+
+    local = rl.masked_whiten(a, ma, all_reduce=all_reduce)
+    assert torch.allclose(local[ma], full[:3][ma], atol=1e-5)
+    assert not torch.allclose(rl.masked_whiten(a, ma)[ma], full[:3][ma], atol=1e-3)  # rank-local differs

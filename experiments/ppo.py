@@ -1,0 +1,690 @@
+"""PPO against the reward model: stage 3 of the N+ pipeline (details 20-25, R-01..R-13).
+
+    python experiments/ppo.py --sft-model-path SFT_RUN/model --reward-model-path RM_RUN/model --run-eval
+    torchrun --standalone --nproc_per_node 2 experiments/ppo.py ...   # 2 CPU processes (gloo)
+
+Each update (the reference's numbered steps):
+  rollout  sample exactly 53 tokens per SFT-train query at T=0.7 (R-03); keep the sampler's log-probs
+           (R-02); reference-policy log-probs at the same temperature (R-01); critic values
+  1.       truncate each response after its first EOS (R-06)
+  2.       score the truncated response with the frozen RM (read at its EOS, detail 12)
+  3.       responses without an EOS get score -1 (the EOS trick, detail 23)
+  4.       per-token rewards: -beta * KL (k1, 0 after the EOS; R-07) plus the score one step after the
+           EOS (R-08)
+  5.       optional reward whitening (off in the paper, detail 24)
+  6.       GAE (gamma 1, lambda 0.95; R-09), returns, masked advantage whitening (detail 25)
+  then 4 PPO epochs over the batch (1 minibatch): clipped policy loss + 0.1 x clipped value loss with
+  one AdamW for policy and critic (detail 22, R-10, R-11); lr decays linearly (R-12).
+
+Every detail is a flag; defaults are the paper's. Writes RESULTS_DIR/EXPERIMENT/ppo/MODEL_NAME/SEED/:
+config.json, provenance.json, metrics.jsonl (the reference's `objective/*`, `ppo/*` names), samples
+every --sample-every updates, query_responses_{split}.csv with --run-eval, summary.json, checkpoint/,
+model/ (the policy) and critic/.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rlhf_repro import rl
+from rlhf_repro.data import check_padding, eval_batches, load_processed, permutation, token_batch
+from rlhf_repro.generation import TEMPERATURE_EPS, generate
+from rlhf_repro.io import InputError, atomic_directory
+from rlhf_repro.ops import forward, next_token_loss, trim_right_padding, truncate_response
+from rlhf_repro.reward_model import get_reward
+from rlhf_repro.runs import model_name_of, run_dir
+from rlhf_repro.seeding import derived_seed, local_seed
+from rlhf_repro.training import RESUME_IGNORED as STAGE_RESUME_IGNORED
+from rlhf_repro.training import StageArgs, gather_objects
+
+
+@dataclass
+class PpoHParams:
+    noptepochs: int = 4
+    """PPO epochs over each rollout batch (R-11)."""
+    vf_coef: float = 0.1
+    """Weight of the value loss in the joint loss (R-10)."""
+    cliprange: float = 0.2
+    """Policy ratio clip range (R-10)."""
+    cliprange_value: float = 0.2
+    """Value clip range around the rollout values (R-10)."""
+    gamma: float = 1.0
+    """Discount (R-09)."""
+    lam: float = 0.95
+    """GAE lambda (R-09)."""
+    whiten_rewards: bool = False
+    """Whiten the per-token rewards (keeping their mean) before GAE (detail 24; off in the paper)."""
+    kl_coef: float = 0.05
+    """beta of the per-token KL penalty (R-07); the starting value with --ppo.kl-ctl adaptive."""
+    kl_ctl: Literal["fixed", "adaptive"] = "fixed"
+    """fixed beta (the paper) or lm-human-preferences' adaptive controller (off in the reference, R-07)."""
+    kl_target: float = 6.0
+    """Adaptive controller: the summed per-response KL it steers toward."""
+    kl_horizon: int = 10000
+    """Adaptive controller: episodes over which a 20% error changes beta by 20%."""
+
+
+@dataclass
+class Args(StageArgs):
+    # --- run -------------------------------------------------------------------------------------
+    experiment: str = "ppo"
+    """Experiment name: the run folder is RESULTS_DIR/EXPERIMENT/ppo/MODEL_NAME/SEED."""
+    model_name: str | None = None
+    """Model name in the run folder; default: taken from --sft-model-path."""
+    results_dir: str = "results"
+    """Root of run folders."""
+    seed: int = 1
+    """Seed; process r samples with seed + 100003*r (R-14); the prompt order uses the seed itself."""
+    run_eval: bool = False
+    """After training, sample for validation and test at T=0.01 and score policy and references with the RM."""
+
+    # --- models and data -------------------------------------------------------------------------
+    sft_model_path: str = "EleutherAI/pythia-1b-deduped"
+    """The SFT model: the policy's start and the frozen reference policy (sft.py's RUN/model or a hub id)."""
+    reward_model_path: str = ""
+    """The trained RM (reward.py's RUN/model): the frozen reward and, by default, the critic's start."""
+    tokenizer: str | None = None
+    """Tokenizer; default: the SFT model's."""
+    query_dataset: str = "vwxyzjn/summarize_from_feedback_tldr_3_filtered_oai_preprocessing_1706381144"
+    """Processed SFT dataset: PPO's prompts are its train queries, cycled (detail 21)."""
+    value_init: Literal["reward", "sft"] = "reward"
+    """Critic start (detail 22): a copy of the RM (the paper) or the SFT body with a fresh head."""
+    dropout: float = 0.0
+    """Dropout rate of the policy and critic while training (detail 7: 0, disabled). Any other value shows
+    why it is disabled: log-probs stop being reproducible and the first epoch's ratio leaves 1."""
+    ptx_coef: float = 0.0
+    """PPO-ptx (InstructGPT, as in ColossalChat): add this x the next-token loss on SFT-train
+    query+reference sequences to every micro-batch's loss (0: off, the paper)."""
+
+    # --- optimizer (detail 8, R-12) ------------------------------------------------------------------
+    lr: float = 3e-6
+    """Learning rate of the one optimizer shared by policy and critic."""
+    eps: float = 1e-5
+    """Adam epsilon."""
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    """Optimizer; adamw uses PyTorch's default weight decay 0.01."""
+    lr_schedule: Literal["linear", "constant"] = "linear"
+    """linear: lr x (1 - update/num_updates), set by hand each update as the reference does (R-12)."""
+
+    # --- batch sizes (R-11) ----------------------------------------------------------------------
+    total_episodes: int = 1_000_000
+    """Episodes (sampled responses) in total: num_updates = total_episodes // batch_size (detail 21)."""
+    batch_size: int = 512
+    """Global rollout batch per update, over all processes."""
+    nminibatches: int = 1
+    """Minibatches per PPO epoch, one optimizer step each (this flag works, unlike the reference's
+    `--ppo.nminibatches`)."""
+    local_micro_batch_size: int = 16
+    """Sequences per forward/backward on each process."""
+    gradient_accumulation_steps: int | None = None
+    """Micro-batches per minibatch on each process; derived from the batch sizes when not set."""
+    local_rollout_forward_batch_size: int = 64
+    """Queries per generation / no-grad forward chunk during the rollout (R-18)."""
+    ppo: PpoHParams = field(default_factory=PpoHParams)
+
+    # --- sampling (R-01, R-03, R-06) -------------------------------------------------------------
+    response_length: int = 53
+    """Exactly this many tokens are sampled per response, then truncated after the first EOS."""
+    temperature: float = 0.7
+    """Rollout temperature, also applied to every log-prob computation (R-01)."""
+    truncate_token: Literal["eos"] = "eos"
+    """Token after which responses are truncated (R-06)."""
+    sampler: Literal["fast", "hf"] = "fast"
+    """`hf`: HF generate as the reference sets it up; `fast`: our KV-cache loop (same distribution)."""
+
+    # --- reward shaping (details 23-25, R-07, R-08, R-13) -----------------------------------------
+    non_eos_penalty: bool = True
+    """The EOS trick (detail 23): responses without an EOS get the penalty instead of their RM score."""
+    penalty_reward_value: float = -1.0
+    """The penalty of the EOS trick."""
+    penalty_mode: Literal["replace", "subtract"] = "replace"
+    """replace the score by the penalty (the reference) or subtract |penalty| from it (TRL's missing_eos_penalty)."""
+    score_position: Literal["eos_plus_one", "eos"] = "eos_plus_one"
+    """Where the score enters the rewards (R-08): one step after the EOS (the reference) or on the EOS
+    itself (the placement argued for in TRL #1893 / #3750)."""
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    """Per-token KL estimator (R-07): k1 = log p - log q (the reference) or k3."""
+    kl_after_eos: bool = False
+    """Also penalize KL on the tokens after the EOS (the pre-release `ppo_left_padding` behaviour)."""
+    whiten_scope: Literal["rank", "global"] = "rank"
+    """Statistics of reward and advantage whitening: each process's batch (the reference, R-13) or all."""
+
+    # --- evaluation and samples (R-04, R-05) ------------------------------------------------------
+    local_eval_batch_size: int = 8
+    """Queries per evaluation batch per process; one such validation batch is scored every update."""
+    eval_temperature: float = 0.01
+    """Sampling temperature of every evaluation (R-04)."""
+    max_eval_samples: int | None = None
+    """Evaluate only the first N rows of each split at the end (default: all)."""
+    sample_every: int = 220
+    """Write the validation batch's samples every N updates (the reference's print_sample_output_freq)."""
+
+
+DETAIL_FLAGS = (
+    "batch_size",
+    "nminibatches",
+    "lr",
+    "lr_schedule",
+    "value_init",
+    "response_length",
+    "temperature",
+    "non_eos_penalty",
+    "penalty_reward_value",
+    "penalty_mode",
+    "score_position",
+    "kl_estimator",
+    "kl_after_eos",
+    "whiten_scope",
+    "dropout",
+    "ptx_coef",
+)
+RESUME_IGNORED = (*STAGE_RESUME_IGNORED, "run_eval", "max_eval_samples", "sample_every")
+
+
+class PolicyAndValue(torch.nn.Module):
+    """Policy and critic under one module, so one optimizer and one `accelerator.prepare` cover both (detail 22)."""
+
+    def __init__(self, policy, critic):
+        super().__init__()
+        self.policy = policy
+        self.critic = critic
+
+    def forward(self, input_ids, attention_mask, logits_to_keep: int, ptx_tokens=None, ptx_pad=None, **_):
+        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep).logits
+        values = self.critic(input_ids=input_ids, attention_mask=attention_mask)
+        if ptx_tokens is None:
+            return logits, values, None
+        # PPO-ptx: the pretraining-style loss runs inside the same (DDP-wrapped) forward.
+        ptx_logits = forward(self.policy, ptx_tokens, ptx_pad).logits
+        return logits, values, next_token_loss(ptx_logits, ptx_tokens, ptx_pad)
+
+
+def response_logprobs(logits: torch.Tensor, responses: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Log-probs of `responses` under logits (B, R, V) divided by the rollout temperature (R-01)."""
+    logp = F.log_softmax(logits.float() / (temperature + TEMPERATURE_EPS), dim=-1)
+    return torch.gather(logp, 2, responses.unsqueeze(-1)).squeeze(-1)
+
+
+def policy_logits(model, query_responses: torch.Tensor, pad: int, response_length: int) -> torch.Tensor:
+    """Next-token logits for the response positions only (B, R, V): the LM head runs on R+1 positions."""
+    return forward(model, query_responses, pad, logits_to_keep=response_length + 1).logits[:, :-1]
+
+
+def query_rows(order_for_epoch, n: int, update: int, local_batch: int, rank: int, world: int) -> np.ndarray:
+    """This rank's prompts for `update`: the next global batch of the prompt stream, which cycles over
+    epochs with a fresh shared-seed shuffle each (detail 21); rank r takes the r-th local slice."""
+    start = (update * world + rank) * local_batch
+    positions = np.arange(start, start + local_batch)
+    return np.array([order_for_epoch(int(p // n))[p % n] for p in positions])
+
+
+def sample_and_score(args: Args, policy, reward_model, queries, pad: int, eos: int, temperature: float):
+    """Sample, truncate and score a batch of queries (R-03, R-06, detail 12); (postprocessed, scores)."""
+    responses, _ = generate(policy, queries, pad, args.response_length, temperature, args.sampler)
+    postprocessed = truncate_response(responses, eos, pad)
+    _, scores, _ = get_reward(reward_model, torch.cat((queries, postprocessed), 1), pad, queries.size(1))
+    return postprocessed, scores
+
+
+def evaluate(args: Args, accelerator, policy, reward_model, tokenizer, dataset, split: str):
+    """Final evaluation at T=0.01 on one split: RM scores of samples and references, gathered (-> metrics, table)."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    rank, world = accelerator.process_index, accelerator.num_processes
+    n = min(len(dataset), args.max_eval_samples or len(dataset))
+    meta = dataset.select_columns([c for c in ("id", "query") if c in dataset.column_names])
+    rows = []
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(derived_seed(local_seed(args.seed, rank), {"validation": 1, "test": 2}.get(split, 3)))
+        for idx in tqdm(
+            eval_batches(n, args.local_eval_batch_size, world, rank),
+            desc=f"eval {split}",
+            disable=not (args.progress and accelerator.is_main_process),
+        ):
+            queries, references = (
+                t.to(accelerator.device) for t in token_batch(dataset, idx, "query_token", "reference_response_token")
+            )
+            postprocessed, scores = sample_and_score(
+                args, policy, reward_model, queries, pad, eos, args.eval_temperature
+            )
+            _, ref_scores, _ = get_reward(reward_model, torch.cat((queries, references), 1), pad, queries.size(1))
+            texts = tokenizer.batch_decode(postprocessed, skip_special_tokens=True)
+            ref_texts = tokenizer.batch_decode(references, skip_special_tokens=True)
+            info = meta[idx.tolist()]
+            for i, row in enumerate(idx.tolist()):
+                rows.append(
+                    {
+                        "row": row,
+                        "id": info["id"][i] if "id" in info else str(row),
+                        "query": info["query"][i] if "query" in info else "",
+                        "response": texts[i],
+                        "reference": ref_texts[i],
+                        "score": scores[i].item(),
+                        "reference_score": ref_scores[i].item(),
+                        "response_token_len": int((postprocessed[i] != pad).sum()),
+                        "eos_present": bool((postprocessed[i] == eos).any()),
+                    }
+                )
+    columns = ["row", "id", "query", "response", "reference", "score", "reference_score", "response_token_len"]
+    table = pd.DataFrame(
+        sorted(gather_objects(accelerator, rows), key=lambda r: r["row"]), columns=[*columns, "eos_present"]
+    )
+    metrics = {
+        f"{split}/ppo/score": float(table["score"].mean()),
+        f"{split}/ppo/reference_score": float(table["reference_score"].mean()),
+        f"{split}/ppo/rm_win_rate": float((table["score"] > table["reference_score"]).mean()),
+        f"{split}/ppo/response_token_len": float(table["response_token_len"].mean()),
+        f"{split}/ppo/eos_fraction": float(table["eos_present"].mean()),
+    }
+    return metrics, table.drop(columns=["row"])
+
+
+def main(args: Args) -> dict:
+    from tqdm.auto import tqdm
+
+    from rlhf_repro.modeling import load_causal_lm
+    from rlhf_repro.reward_model import ScalarModel, load_backbone, load_reward_model
+    from rlhf_repro.tokenization import load_tokenizer
+    from rlhf_repro.training import (
+        StageRun,
+        check_finite,
+        crash_point,
+        load_training_state,
+        make_optimizer,
+        save_training_state,
+        setup_stage,
+    )
+
+    t_start = time.time()
+    if not args.reward_model_path:
+        raise InputError("--reward-model-path is required (reward.py's RUN/model)")
+    accelerator, accumulation = setup_stage(args, minibatches=args.nminibatches)
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    # --- data, sizes -------------------------------------------------------------------------------
+    tokenizer = load_tokenizer(args.tokenizer or args.sft_model_path)
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    data = load_processed(
+        args.query_dataset,
+        {
+            s: ("query_token", "reference_response_token", "query_reference_response_token")
+            for s in ("train", "validation", "test")
+        },
+    )
+    train = data["train"]
+    check_padding(train, "reference_response_token", pad, "right", args.query_dataset)
+    local_batch = args.batch_size // world
+    local_mini = local_batch // args.nminibatches
+    if local_batch * world != args.batch_size or local_mini != accumulation * args.local_micro_batch_size:
+        raise InputError(
+            f"--batch-size {args.batch_size} must equal local micro-batch {args.local_micro_batch_size} x accumulation "
+            f"{accumulation} x minibatches {args.nminibatches} x {world} processes"
+        )
+    num_updates = args.total_episodes // args.batch_size
+    if num_updates == 0:
+        raise InputError(f"--total-episodes {args.total_episodes} is less than one batch of {args.batch_size}")
+    derived = {
+        "world_size": world,
+        "local_batch_size": local_batch,
+        "local_mini_batch_size": local_mini,
+        "gradient_accumulation_steps": accumulation,
+        "num_updates": num_updates,
+        "episodes": num_updates * args.batch_size,
+        "prompt_epochs": round(num_updates * args.batch_size / len(train), 3),
+    }
+    orders: dict[int, np.ndarray] = {}
+
+    def order_for_epoch(epoch: int) -> np.ndarray:
+        if epoch not in orders:
+            orders.clear()
+            orders[epoch] = permutation(len(train), derived_seed(args.seed, epoch))
+        return orders[epoch]
+
+    # --- models (detail 22) ----------------------------------------------------------------------
+    policy = load_causal_lm(args.sft_model_path)
+    ref_policy = load_causal_lm(args.sft_model_path).eval().requires_grad_(False)
+    reward_model = load_reward_model(args.reward_model_path).eval().requires_grad_(False)
+    if args.value_init == "reward":
+        critic = load_reward_model(args.reward_model_path)
+    else:
+        critic = ScalarModel.from_sft(load_backbone(args.sft_model_path), source_model=args.sft_model_path)
+    if args.dropout:
+        from rlhf_repro.modeling import set_dropout
+
+        set_dropout(policy, args.dropout)
+        set_dropout(critic, args.dropout)
+    model = PolicyAndValue(policy, critic)
+    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.eps)
+    model_name = args.model_name or model_name_of(args.sft_model_path)
+    path = run_dir(args.results_dir, args.experiment, "ppo", model_name, args.seed)
+    if args.resume and (path / "summary.json").exists():
+        print(f"already done: {path} (its summary.json exists; pass --no-resume to run it again)")
+        return json.loads((path / "summary.json").read_text())
+    resume_config = {k: v for k, v in vars(args).items() if k not in RESUME_IGNORED} | {"world_size": world}
+    resume_config["ppo"] = vars(args.ppo)
+    ckpt = path / "checkpoint"
+    state = load_training_state(accelerator, ckpt, model, optimizer, None, resume_config) if args.resume else None
+    start = state["step"] if state else 0
+    kl_ctl = rl.AdaptiveKLController(args.ppo.kl_coef, args.ppo.kl_target, args.ppo.kl_horizon)
+    if state and "kl_coef" in state["extra"]:
+        kl_ctl.value = state["extra"]["kl_coef"]
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ref_policy.to(accelerator.device)
+    reward_model.to(accelerator.device)
+    run = StageRun(
+        accelerator,
+        path,
+        args,
+        derived,
+        inputs={
+            "sft_model_path": args.sft_model_path,
+            "reward_model_path": args.reward_model_path,
+            "query_dataset": args.query_dataset,
+            "tokenizer": args.tokenizer,
+        },
+        resume_step=start if state else None,
+        keep_lines=state["extra"].get("metrics_lines") if state else None,
+        job="ppo",
+        detail_flags=DETAIL_FLAGS,
+    )
+    if accelerator.is_main_process:
+        print(
+            f"ppo {model_name}: {num_updates} updates x {args.batch_size} episodes ({derived['prompt_epochs']} "
+            f"epochs of {len(train)} prompts); {args.ppo.noptepochs} PPO epochs x {args.nminibatches} minibatch(es) "
+            f"of {local_mini} x {world} processes" + (f"; resuming from update {start}" if state else "")
+        )
+    ptx_seed = derived_seed(args.seed, 7)  # the PPO-ptx stream: its own shared-seed order over SFT-train rows
+
+    def ptx_rows(update: int, step: int, size: int, rank: int, world: int) -> np.ndarray:
+        steps_per_update = args.ppo.noptepochs * args.nminibatches * accumulation
+        start = ((update * steps_per_update + step) * world + rank) * size
+        order = permutation(len(train), derived_seed(ptx_seed, start // len(train)))
+        return np.array([order[(start + i) % len(train)] for i in range(size)])
+
+    all_reduce = (lambda t: accelerator.reduce(t, reduction="sum")) if args.whiten_scope == "global" else None
+    validation_rows = eval_batches(len(data["validation"]), args.local_eval_batch_size, world, rank)[0]
+
+    # --- training loop -----------------------------------------------------------------------------
+    t_train, episodes_done = time.time(), start * args.batch_size
+    bar = tqdm(
+        range(start, num_updates),
+        initial=start,
+        total=num_updates,
+        desc="ppo",
+        disable=not (args.progress and accelerator.is_main_process),
+    )
+    for update in bar:
+        lr_now = args.lr * (1.0 - update / num_updates) if args.lr_schedule == "linear" else args.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr_now
+        unwrapped = accelerator.unwrap_model(model)
+        times = {}
+
+        # R-05: one validation batch per process, sampled at T=0.01 and scored, every update.
+        t0 = time.time()
+        with torch.no_grad():
+            (val_queries,) = (
+                t.to(accelerator.device) for t in token_batch(data["validation"], validation_rows, "query_token")
+            )
+            val_post, val_scores = sample_and_score(
+                args, unwrapped.policy, reward_model, val_queries, pad, eos, args.eval_temperature
+            )
+
+            # --- rollout ---------------------------------------------------------------------------
+            rows = query_rows(order_for_epoch, len(train), update, local_batch, rank, world)
+            (queries,) = (t.to(accelerator.device) for t in token_batch(train, rows, "query_token"))
+            context_length = queries.size(1)
+            chunks = {k: [] for k in ("responses", "logprobs", "ref_logprobs", "values", "scores", "postprocessed")}
+            t_gen = t_score = 0.0
+            for i in range(0, local_batch, args.local_rollout_forward_batch_size):
+                query = queries[i : i + args.local_rollout_forward_batch_size]
+                t1 = time.time()
+                # R-02: log-probs of the sampled tokens come from the sampling pass itself.
+                response, logprob = generate(
+                    unwrapped.policy, query, pad, args.response_length, args.temperature, args.sampler
+                )
+                t_gen += time.time() - t1
+                t1 = time.time()
+                query_response = torch.cat((query, response), 1)
+                ref_logits = policy_logits(ref_policy, query_response, pad, args.response_length)
+                ref_logprob = response_logprobs(ref_logits, response, args.temperature)
+                # 1. truncate after the first EOS (R-06)
+                postprocessed = truncate_response(response, eos, pad)
+                # Critic values: position t reads the state before response token t (detail 22).
+                full_value, _, _ = get_reward(unwrapped.critic, query_response, pad, context_length)
+                # 2. score the truncated response (read at its EOS, detail 12)
+                _, score, _ = get_reward(reward_model, torch.cat((query, postprocessed), 1), pad, context_length)
+                t_score += time.time() - t1
+                for key, value in (
+                    ("responses", response),
+                    ("logprobs", logprob),
+                    ("ref_logprobs", ref_logprob),
+                    ("values", full_value[:, context_length - 1 : -1]),
+                    ("scores", score),
+                    ("postprocessed", postprocessed),
+                ):
+                    chunks[key].append(value)
+            responses, logprobs, ref_logprobs, values, scores, postprocessed = (
+                torch.cat(chunks[k], 0)
+                for k in ("responses", "logprobs", "ref_logprobs", "values", "scores", "postprocessed")
+            )
+            query_responses = torch.cat((queries, responses), 1)
+
+            # 3. the EOS trick (detail 23)
+            contain_eos = torch.any(postprocessed == eos, dim=-1)
+            raw_scores = scores
+            if args.non_eos_penalty:
+                scores = rl.apply_missing_eos_penalty(scores, contain_eos, args.penalty_reward_value, args.penalty_mode)
+            sequence_lengths, padding_mask, padding_mask_p1 = rl.response_masks(postprocessed, pad)
+            if not args.kl_after_eos:  # R-07: post-EOS log-probs are set equal, so their KL is exactly 0
+                logprobs = torch.masked_fill(logprobs, padding_mask, rl.INVALID_LOGPROB)
+                ref_logprobs = torch.masked_fill(ref_logprobs, padding_mask, rl.INVALID_LOGPROB)
+            values = torch.masked_fill(values, padding_mask_p1, 0)
+
+            # 4. per-token rewards: KL penalty at every step, the score at the score position (R-07, R-08)
+            kl = rl.kl_estimate(logprobs, ref_logprobs, args.kl_estimator)
+            positions = rl.score_positions(sequence_lengths, args.response_length, args.score_position)
+            kl_coef = kl_ctl.value
+            rewards, non_score_reward = rl.per_token_rewards(scores, kl, kl_coef, positions)
+            # 5. reward whitening (detail 24)
+            if args.ppo.whiten_rewards:
+                rewards = rl.masked_whiten(rewards, ~padding_mask_p1, shift_mean=False, all_reduce=all_reduce)
+                rewards = torch.masked_fill(rewards, padding_mask_p1, 0)
+            # 6. advantages and returns (R-09), masked advantage whitening (detail 25)
+            advantages, returns = rl.gae(rewards, values, args.ppo.gamma, args.ppo.lam)
+            advantages = rl.masked_whiten(advantages, ~padding_mask, all_reduce=all_reduce)
+            advantages = torch.masked_fill(advantages, padding_mask, 0)
+        times["time/ppo/generate"] = t_gen
+        times["time/ppo/score"] = t_score
+        times["time/ppo/rollout"] = time.time() - t0
+
+        # --- PPO epochs (R-10, R-11) ---------------------------------------------------------------
+        t0 = time.time()
+        stats = {
+            k: [] for k in ("approxkl", "pg_clipfrac", "pg_loss", "vf_loss", "vf_clipfrac", "entropy", "ratio", "ptx")
+        }
+        ptx_step = 0
+        for _ in range(args.ppo.noptepochs):
+            b_inds = np.random.permutation(local_batch)  # a fresh shuffle per epoch (rank-local RNG)
+            for mini_start in range(0, local_batch, local_mini):
+                mini_inds = b_inds[mini_start : mini_start + local_mini]
+                for micro_start in range(0, local_mini, args.local_micro_batch_size):
+                    mb = torch.as_tensor(mini_inds[micro_start : micro_start + args.local_micro_batch_size])
+                    ptx_tokens = None
+                    if args.ptx_coef:
+                        rows = ptx_rows(update, ptx_step, args.local_micro_batch_size, rank, world)
+                        ptx_step += 1
+                        (ptx_tokens,) = token_batch(train, rows, "query_reference_response_token")
+                        ptx_tokens = trim_right_padding(ptx_tokens, pad).to(accelerator.device)
+                    with accelerator.accumulate(model):
+                        logits, critic_scores, ptx_loss = forward(
+                            model,
+                            query_responses[mb],
+                            pad,
+                            logits_to_keep=args.response_length + 1,
+                            ptx_tokens=ptx_tokens,
+                            ptx_pad=pad,
+                        )
+                        logits = logits[:, :-1]
+                        new_logprobs = response_logprobs(logits, responses[mb], args.temperature)
+                        if not args.kl_after_eos:
+                            new_logprobs = torch.masked_fill(new_logprobs, padding_mask[mb], rl.INVALID_LOGPROB)
+                        vpred = torch.masked_fill(critic_scores[:, context_length - 1 : -1], padding_mask_p1[mb], 0)
+                        pg_loss, pg_stats = rl.policy_loss(
+                            new_logprobs, logprobs[mb], advantages[mb], ~padding_mask[mb], args.ppo.cliprange
+                        )
+                        vf_loss, vf_stats = rl.value_loss(
+                            vpred, values[mb], returns[mb], ~padding_mask_p1[mb], args.ppo.cliprange_value
+                        )
+                        loss = pg_loss + args.ppo.vf_coef * vf_loss
+                        if ptx_loss is not None:
+                            loss = loss + args.ptx_coef * ptx_loss
+                        accelerator.backward(loss)
+                        optimizer.step()
+                        optimizer.zero_grad()
+                    with torch.no_grad():
+                        scaled = logits.float() / (args.temperature + TEMPERATURE_EPS)
+                        entropy = torch.logsumexp(scaled, -1) - (F.softmax(scaled, -1) * scaled).sum(-1)
+                        for key, value in (
+                            ("approxkl", pg_stats["approxkl"]),
+                            ("pg_clipfrac", pg_stats["clipfrac"]),
+                            ("pg_loss", pg_loss),
+                            ("vf_loss", vf_loss),
+                            ("vf_clipfrac", vf_stats["clipfrac"]),
+                            ("entropy", entropy.mean()),
+                            ("ratio", pg_stats["ratio"].mean()),
+                            ("ptx", ptx_loss if ptx_loss is not None else torch.zeros(())),
+                        ):
+                            stats[key].append(value.detach().float())
+        times["time/ppo/train"] = time.time() - t0
+
+        # --- logging (the reference's names, §4.11) --------------------------------------------------
+        done = update + 1
+        episodes_done += args.batch_size
+        with torch.no_grad():
+
+            def mean(t):
+                return accelerator.gather(t.detach().float().reshape(-1)).mean().item()
+
+            ratios = accelerator.gather(torch.stack(stats["ratio"]))
+            kl_sum = kl.sum(1).mean()
+            row = {
+                "objective/kl": mean(kl_sum),
+                # The reference's entropy estimate: minus the summed sampled log-probs, with post-EOS
+                # positions holding the fill value 1.0 (so they count -1 each).
+                "objective/entropy": mean((-logprobs).sum(1).mean()),
+                "objective/non_score_reward": mean(non_score_reward.sum(1).mean()),
+                "objective/rlhf_reward": mean(non_score_reward.sum(1).mean() + scores.mean()),
+                "objective/scores": mean(scores.mean()),
+                "objective/raw_scores": mean(raw_scores.mean()),
+                "objective/validation_score": mean(val_scores.mean()),
+                "ppo/policy/approxkl_avg": mean(torch.stack(stats["approxkl"])),
+                "ppo/policy/clipfrac_avg": mean(torch.stack(stats["pg_clipfrac"])),
+                "ppo/policy/entropy_avg": mean(torch.stack(stats["entropy"])),
+                "ppo/loss/policy_avg": mean(torch.stack(stats["pg_loss"])),
+                "ppo/loss/value_avg": mean(torch.stack(stats["vf_loss"])),
+                "ppo/val/clipfrac_avg": mean(torch.stack(stats["vf_clipfrac"])),
+                "ppo/loss/ptx_avg": mean(torch.stack(stats["ptx"])),
+                "ppo/val/ratio": ratios.mean().item(),
+                "ppo/val/ratio_var": ratios.var().item() if ratios.numel() > 1 else 0.0,
+                "ppo/val/num_eos_tokens": mean((responses == eos).sum().float()) * world,
+                "ppo/val/no_eos_fraction": mean((~contain_eos).float().mean()),
+                "ppo/val/response_length": mean((sequence_lengths + 1).float().mean()),
+                "objective/kl_coef": kl_coef,
+                "ppo/lr": lr_now,
+                "ppo/episode": episodes_done,
+                "ppo/eps": (episodes_done - start * args.batch_size) / max(1e-9, time.time() - t_train),
+                **times,
+            }
+        check_finite(row["ppo/loss/policy_avg"] + row["ppo/loss/value_avg"], "the PPO loss", done, ckpt)
+        if args.ppo.kl_ctl == "adaptive":  # after logging the beta this update used
+            kl_ctl.update(row["objective/kl"], args.batch_size)
+        run.log(row, step=done)
+        bar.set_postfix(score=f"{row['objective/scores']:.2f}", kl=f"{row['objective/kl']:.2f}")
+        if args.sample_every and update % args.sample_every == 0:
+            import pandas as pd
+
+            samples = pd.DataFrame(
+                gather_objects(
+                    accelerator,
+                    [
+                        {"query": q, "response": r, "score": s}
+                        for q, r, s in zip(
+                            tokenizer.batch_decode(val_queries, skip_special_tokens=True),
+                            tokenizer.batch_decode(val_post, skip_special_tokens=True),
+                            val_scores.tolist(),
+                        )
+                    ],
+                )
+            )
+            run.write_table(f"samples/validation_update_{done}.csv", samples)
+        if done == num_updates or (args.save_every and done % args.save_every == 0):
+            save_training_state(
+                accelerator,
+                ckpt,
+                done,
+                model,
+                optimizer,
+                None,
+                resume_config,
+                {"metrics_lines": run.lines, "kl_coef": kl_ctl.value},
+            )
+            crash_point(done)
+    bar.close()
+    summary: dict = {"model_name": model_name, **derived, "train_seconds": round(time.time() - t_train, 2)}
+
+    # --- save the policy (and the critic) ---------------------------------------------------------
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        with atomic_directory(path / "model") as tmp:
+            unwrapped.policy.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+        with atomic_directory(path / "critic") as tmp:
+            unwrapped.critic.save_pretrained(str(tmp))
+    accelerator.wait_for_everyone()
+
+    # --- evaluation (R-04, R-05) -------------------------------------------------------------------
+    if args.run_eval:
+        t_eval = time.time()
+        unwrapped.eval()
+        for split in ("validation", "test"):
+            metrics, table = evaluate(args, accelerator, unwrapped.policy, reward_model, tokenizer, data[split], split)
+            run.log(metrics, step=num_updates)
+            run.write_table(f"query_responses_{split}.csv", table)
+            summary.update(metrics)
+            crash_point(f"eval-{split}")
+            if accelerator.is_main_process:
+                m = {k.split("/", 2)[-1]: v for k, v in metrics.items()}
+                print(
+                    f"{split}: RM score {m['score']:.3f} vs references {m['reference_score']:.3f} (RM win rate "
+                    f"{m['rm_win_rate']:.1%}), {m['response_token_len']:.1f} tokens, EOS in {m['eos_fraction']:.0%}"
+                )
+        summary["eval_seconds"] = round(time.time() - t_eval, 2)
+    summary["seconds"] = round(time.time() - t_start, 2)
+    summary["model_dir"] = str(path / "model")
+    run.finish(summary)
+    if accelerator.is_main_process:
+        print(f"ppo done in {summary['seconds']} s; policy -> {path / 'model'}")
+    accelerator.end_training()
+    return summary
+
+
+def cli(argv: list[str] | None = None) -> int:
+    from rlhf_repro.cli import run_stage
+
+    return run_stage(Args, main, argv, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
