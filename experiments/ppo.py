@@ -146,7 +146,7 @@ class Args(StageArgs):
     penalty_reward_value: float = -1.0
     """The penalty of the EOS trick."""
     penalty_mode: Literal["replace", "subtract"] = "replace"
-    """replace the score by the penalty (the reference) or subtract |penalty| from it (TRL's missing_eos_penalty)."""
+    """replace the score by the penalty (the reference) or subtract |penalty| (TRL's missing_eos_penalty)."""
     score_position: Literal["eos_plus_one", "eos"] = "eos_plus_one"
     """Where the score enters the rewards (R-08): one step after the EOS (the reference) or on the EOS
     itself (the placement argued for in TRL #1893 / #3750)."""
@@ -415,6 +415,8 @@ def main(args: Args) -> dict:
     validation_rows = eval_batches(len(data["validation"]), args.local_eval_batch_size, world, rank)[0]
 
     # --- training loop -----------------------------------------------------------------------------
+    # Train mode throughout, sampling included, as the reference: with dropout disabled it changes nothing.
+    model.train()
     t_train, episodes_done = time.time(), start * args.batch_size
     bar = tqdm(
         range(start, num_updates),
@@ -577,6 +579,12 @@ def main(args: Args) -> dict:
                 return accelerator.gather(t.detach().float().reshape(-1)).mean().item()
 
             ratios = accelerator.gather(torch.stack(stats["ratio"]))
+            # Scores of the responses without an EOS, after and before the EOS trick (None when all have one).
+            no_eos = accelerator.gather(
+                torch.stack([(~contain_eos).sum(), (scores * ~contain_eos).sum(), (raw_scores * ~contain_eos).sum()])
+                .float()
+                .reshape(1, 3)
+            ).sum(0)
             kl_sum = kl.sum(1).mean()
             row = {
                 "objective/kl": mean(kl_sum),
@@ -588,6 +596,8 @@ def main(args: Args) -> dict:
                 "objective/scores": mean(scores.mean()),
                 "objective/raw_scores": mean(raw_scores.mean()),
                 "objective/validation_score": mean(val_scores.mean()),
+                "objective/no_eos_scores": (no_eos[1] / no_eos[0]).item() if no_eos[0] > 0 else None,
+                "objective/no_eos_raw_scores": (no_eos[2] / no_eos[0]).item() if no_eos[0] > 0 else None,
                 "ppo/policy/approxkl_avg": mean(torch.stack(stats["approxkl"])),
                 "ppo/policy/clipfrac_avg": mean(torch.stack(stats["pg_clipfrac"])),
                 "ppo/policy/entropy_avg": mean(torch.stack(stats["entropy"])),

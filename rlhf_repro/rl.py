@@ -83,11 +83,11 @@ def apply_missing_eos_penalty(
     scores: torch.Tensor, contain_eos: torch.Tensor, penalty: float, mode: str = "replace"
 ) -> torch.Tensor:
     """Detail 23 (the EOS trick): responses without an EOS get `penalty` as their score (`replace`, the
-    reference: -1) or lose `penalty` from it (`subtract`, TRL's `missing_eos_penalty`)."""
+    reference: -1) or lose |penalty| from it (`subtract`, TRL's `missing_eos_penalty`)."""
     if mode == "replace":
         return torch.where(contain_eos, scores, torch.full_like(scores, penalty))
     if mode == "subtract":
-        return torch.where(contain_eos, scores, scores - penalty)
+        return torch.where(contain_eos, scores, scores - abs(penalty))
     raise ValueError(f"unknown penalty mode {mode!r}; one of replace, subtract")
 
 

@@ -88,3 +88,45 @@ def tiny_base_model(small_world, tmp_path_factory) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tiny_base_model, tmp_path_factory) -> Path:
+    """An untrained reward model (tiny_base_model's body + a fresh head), saved like reward.py's model/."""
+    import torch
+
+    from rlhf_repro.reward_model import ScalarModel, load_backbone
+    from rlhf_repro.tokenization import load_tokenizer
+
+    torch.manual_seed(1)
+    rm = ScalarModel.from_sft(load_backbone(tiny_base_model), source_model=str(tiny_base_model))
+    out = tmp_path_factory.mktemp("rm") / "model"
+    rm.save_pretrained(out)
+    load_tokenizer(tiny_base_model).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def eos_prone_model(tiny_base_model, tmp_path_factory) -> Path:
+    """tiny_base_model rewired so that every position samples EOS with probability about 0.1 at PPO's T=0.7,
+    whatever the context: of 12-token responses about 3 in 4 contain an EOS and 1 in 4 do not, which the
+    EOS switches need. (At T=0.01, EOS is the argmax everywhere.)"""
+    import torch
+    from transformers import GPTNeoXForCausalLM
+
+    model = GPTNeoXForCausalLM.from_pretrained(tiny_base_model)
+    with torch.no_grad():
+        ln = model.gpt_neox.final_layer_norm
+        ln.weight.zero_()  # the final hidden state is the LayerNorm bias at every position
+        b = torch.randn(ln.bias.shape, generator=torch.Generator().manual_seed(0))
+        ln.bias.copy_(b)
+        head = model.get_output_embeddings().weight
+        head.mul_(0.01)
+        vocab = head.size(0)
+        eos_logit = 0.7 * torch.log(torch.tensor(0.1 / 0.9 * vocab))  # other logits are about 0
+        head[model.config.eos_token_id] = b / b.dot(b) * eos_logit
+    out = tmp_path_factory.mktemp("eosprone") / "model"
+    model.save_pretrained(out)
+    (out / "tokenizer.json").write_bytes((tiny_base_model / "tokenizer.json").read_bytes())
+    (out / "tokenizer_config.json").write_bytes((tiny_base_model / "tokenizer_config.json").read_bytes())
+    return out

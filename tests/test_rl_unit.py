@@ -68,6 +68,7 @@ def test_missing_eos_penalty_replace_vs_subtract():
     has_eos = torch.tensor([True, False, False])
     assert rl.apply_missing_eos_penalty(scores, has_eos, -1.0, "replace").tolist() == [2.0, -1.0, -1.0]
     assert rl.apply_missing_eos_penalty(scores, has_eos, 1.0, "subtract").tolist() == [2.0, 2.0, -1.5]
+    assert rl.apply_missing_eos_penalty(scores, has_eos, -1.0, "subtract").tolist() == [2.0, 2.0, -1.5]
 
 
 def test_kl_estimators():

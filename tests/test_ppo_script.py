@@ -1,0 +1,236 @@
+"""experiments/ppo.py through a subprocess: every switch for one or two updates on a tiny model, checking
+that it changes what it claims; the first-epoch ratio invariant; 2 processes; exact resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import run_cmd
+
+pytestmark = pytest.mark.smoke
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def ppo(datasets, sft_model, rm, results, *extra, launcher=None, **kw):
+    r = run_cmd(
+        [
+            *(launcher or [sys.executable]),
+            "experiments/ppo.py",
+            "--sft-model-path",
+            str(sft_model),
+            "--reward-model-path",
+            str(rm),
+            "--query-dataset",
+            str(datasets / "sft"),
+            "--results-dir",
+            str(results),
+            "--experiment",
+            "t",
+            "--model-name",
+            "tiny",
+            "--lr",
+            "1e-3",
+            "--batch-size",
+            "8",
+            "--local-micro-batch-size",
+            "4",
+            "--total-episodes",
+            "16",
+            "--response-length",
+            "12",
+            "--local-eval-batch-size",
+            "4",
+            "--sample-every",
+            "1",
+            "--threads",
+            "1",
+            "--no-progress",
+            *extra,
+        ],
+        **kw,
+    )
+    return r
+
+
+def metrics(results):
+    path = results / "t" / "ppo" / "tiny" / "1" / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def run_ok(*args, **kw) -> list[dict]:
+    r = ppo(*args, **kw)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return metrics(args[3])
+
+
+def state_dict(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+REFERENCE_METRICS = (
+    "objective/kl",
+    "objective/entropy",
+    "objective/non_score_reward",
+    "objective/rlhf_reward",
+    "objective/scores",
+    "objective/validation_score",
+    "ppo/policy/approxkl_avg",
+    "ppo/policy/clipfrac_avg",
+    "ppo/policy/entropy_avg",
+    "ppo/loss/policy_avg",
+    "ppo/loss/value_avg",
+    "ppo/val/clipfrac_avg",
+    "ppo/val/ratio",
+    "ppo/val/ratio_var",
+    "ppo/val/num_eos_tokens",
+    "ppo/lr",
+    "ppo/episode",
+    "ppo/eps",
+    "ppo/val/no_eos_fraction",
+    "ppo/val/response_length",
+    "time/ppo/generate",
+    "time/ppo/score",
+    "time/ppo/train",
+)
+
+
+@pytest.fixture(scope="module")
+def default_run(small_datasets, eos_prone_model, tiny_reward_model, tmp_path_factory):
+    results = tmp_path_factory.mktemp("ppo")
+    rows = run_ok(small_datasets, eos_prone_model, tiny_reward_model, results, "--run-eval", "--max-eval-samples", "8")
+    return results, rows
+
+
+def test_ppo_logs_the_reference_metrics_and_saves_policy_critic_and_tables(
+    default_run, eos_prone_model, tiny_reward_model
+):
+    results, rows = default_run
+    run = results / "t" / "ppo" / "tiny" / "1"
+    train = [r for r in rows if "objective/kl" in r]
+    assert [r["step"] for r in train] == [1, 2]
+    for key in REFERENCE_METRICS:
+        assert key in train[0], key
+    assert train[0]["ppo/lr"] == 1e-3 and train[1]["ppo/lr"] == pytest.approx(5e-4)  # linear decay (R-12)
+    assert train[1]["ppo/episode"] == 16
+    assert 0 < train[0]["ppo/val/no_eos_fraction"] < 1  # the EOS-prone model: some responses lack an EOS
+    # The policy and the critic trained; the critic started from the RM (detail 22).
+    assert any(
+        not torch.equal(a, b) for a, b in zip(state_dict(eos_prone_model).values(), state_dict(run / "model").values())
+    )
+    rm, critic = state_dict(tiny_reward_model), state_dict(run / "critic")
+    assert set(rm) == set(critic) and any(not torch.equal(rm[k], critic[k]) for k in rm)
+    assert (run / "samples" / "validation_update_1.csv").exists()
+    with open(run / "query_responses_validation.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 8 and {"response", "reference", "score", "reference_score", "eos_present"} <= set(table[0])
+    summary = json.loads((run / "summary.json").read_text())
+    assert "validation/ppo/rm_win_rate" in summary and summary["num_updates"] == 2
+
+
+def test_first_ppo_epoch_has_ratio_one_and_dropout_breaks_it(
+    small_datasets, tiny_base_model, tiny_reward_model, tmp_path
+):
+    # One update, one epoch, one micro-batch: the policy that scores the batch is the one that sampled it.
+    one_step = ("--ppo.noptepochs", "1", "--local-micro-batch-size", "8", "--total-episodes", "8")
+    row = run_ok(small_datasets, tiny_base_model, tiny_reward_model, tmp_path / "a", *one_step)[0]
+    assert abs(row["ppo/val/ratio"] - 1) < 1e-5 and row["ppo/policy/approxkl_avg"] < 1e-9
+    assert row["ppo/policy/clipfrac_avg"] == 0.0
+    # Detail 7: with dropout on, the same computation no longer reproduces the sampler's log-probs.
+    row = run_ok(small_datasets, tiny_base_model, tiny_reward_model, tmp_path / "b", *one_step, "--dropout", "0.3")[0]
+    assert row["ppo/policy/approxkl_avg"] > 1e-4
+
+
+def test_eos_trick_replace_subtract_and_off(small_datasets, eos_prone_model, tiny_reward_model, tmp_path, default_run):
+    replace = default_run[1][0]
+    assert replace["objective/no_eos_scores"] == -1.0  # the reference: score replaced by -1
+    raw = replace["objective/no_eos_raw_scores"]
+    subtract = run_ok(
+        small_datasets,
+        eos_prone_model,
+        tiny_reward_model,
+        tmp_path / "s",
+        "--penalty-mode",
+        "subtract",
+        "--penalty-reward-value",
+        "0.5",
+    )[0]
+    assert subtract["objective/no_eos_scores"] == pytest.approx(raw - 0.5)  # TRL's missing_eos_penalty
+    off = run_ok(small_datasets, eos_prone_model, tiny_reward_model, tmp_path / "o", "--no-non-eos-penalty")[0]
+    assert off["objective/no_eos_scores"] == pytest.approx(raw)  # the RM's own scores
+    assert off["objective/scores"] == pytest.approx(off["objective/raw_scores"])
+
+
+def test_score_position_kl_and_value_switches_change_what_they_claim(
+    small_datasets, eos_prone_model, tiny_reward_model, tmp_path, default_run
+):
+    base = default_run[1][:2]
+
+    def rows(name, *flags):
+        return run_ok(small_datasets, eos_prone_model, tiny_reward_model, tmp_path / name, *flags)
+
+    # Same seed, same first rollout: the scores agree, what the switch touches does not.
+    eos = rows("eos", "--score-position", "eos")
+    assert eos[0]["objective/scores"] == pytest.approx(base[0]["objective/scores"])
+    assert eos[0]["ppo/loss/value_avg"] != pytest.approx(base[0]["ppo/loss/value_avg"])  # returns moved
+    k3 = rows("k3", "--kl-estimator", "k3")
+    assert k3[1]["objective/kl"] >= 0 and k3[1]["objective/kl"] != pytest.approx(base[1]["objective/kl"])
+    after = rows("after", "--kl-after-eos")
+    # Post-EOS log-probs keep their values instead of the fill 1.0, so the entropy estimate changes.
+    assert after[0]["objective/entropy"] != pytest.approx(base[0]["objective/entropy"])
+    whiten = rows("whiten", "--ppo.whiten-rewards")
+    assert whiten[0]["ppo/loss/value_avg"] != pytest.approx(base[0]["ppo/loss/value_avg"])
+    sft_critic = rows("sftcritic", "--value-init", "sft")
+    assert sft_critic[0]["ppo/loss/value_avg"] != pytest.approx(base[0]["ppo/loss/value_avg"])
+
+
+def test_schedule_minibatch_adaptive_kl_and_ptx_switches(small_datasets, eos_prone_model, tiny_reward_model, tmp_path):
+    flags = ("--lr-schedule", "constant", "--nminibatches", "2", "--ppo.kl-ctl", "adaptive", "--ptx-coef", "1.0")
+    rows = run_ok(small_datasets, eos_prone_model, tiny_reward_model, tmp_path, *flags)
+    assert rows[0]["ppo/lr"] == rows[1]["ppo/lr"] == 1e-3
+    assert rows[0]["objective/kl_coef"] == 0.05 and rows[1]["objective/kl_coef"] != 0.05  # steered toward 6
+    assert rows[0]["ppo/loss/ptx_avg"] > 0
+    config = json.loads((tmp_path / "t" / "ppo" / "tiny" / "1" / "config.json").read_text())
+    assert config["derived"]["local_mini_batch_size"] == 4 and config["derived"]["gradient_accumulation_steps"] == 1
+
+
+def test_ppo_two_processes_with_global_whitening(small_datasets, eos_prone_model, tiny_reward_model, tmp_path):
+    rows = run_ok(
+        small_datasets,
+        eos_prone_model,
+        tiny_reward_model,
+        tmp_path,
+        "--whiten-scope",
+        "global",
+        "--ppo.whiten-rewards",
+        launcher=TORCHRUN,
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    config = json.loads((tmp_path / "t" / "ppo" / "tiny" / "1" / "config.json").read_text())
+    assert config["derived"]["world_size"] == 2 and config["derived"]["local_batch_size"] == 4
+    assert [r["step"] for r in rows] == [1, 2]
+
+
+def test_ppo_resumes_bit_identical_after_a_crash(
+    small_datasets, eos_prone_model, tiny_reward_model, tmp_path, default_run
+):
+    flags = ("--run-eval", "--max-eval-samples", "8", "--save-every", "1")
+    r = ppo(small_datasets, eos_prone_model, tiny_reward_model, tmp_path, *flags, env={"RLHF_REPRO_CRASH_AT": "1"})
+    assert r.returncode == 17
+    r = ppo(small_datasets, eos_prone_model, tiny_reward_model, tmp_path, *flags)
+    assert r.returncode == 0 and "resuming from update 1" in r.stdout, r.stderr[-2000:]
+
+    def strip(rows):
+        return [{k: v for k, v in row.items() if not k.startswith(("time/", "ppo/eps"))} for row in rows]
+
+    assert strip(metrics(tmp_path)) == strip(default_run[1])
+    a = state_dict(default_run[0] / "t" / "ppo" / "tiny" / "1" / "model")
+    b = state_dict(tmp_path / "t" / "ppo" / "tiny" / "1" / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
