@@ -95,6 +95,16 @@ class Args(StageArgs):
     """Tokenizer; default: the SFT model's."""
     query_dataset: str = "vwxyzjn/summarize_from_feedback_tldr_3_filtered_oai_preprocessing_1706381144"
     """Processed SFT dataset: PPO's prompts are its train queries, cycled (detail 21)."""
+    reward_source: Literal["rm", "classifier"] = "rm"
+    """Where scores come from: our RM (--reward-model-path, the paper) or a sequence classifier's label."""
+    reward_classifier: str | None = None
+    """With --reward-source classifier: an AutoModelForSequenceClassification (hub id or directory)."""
+    reward_label: str | None = None
+    """The classifier label whose logit or probability is the score (optional for a one-logit classifier)."""
+    reward_output: Literal["logit", "probability"] = "logit"
+    """Score = the label's logit or its softmax probability."""
+    reward_text: Literal["response", "query_response"] = "response"
+    """Text the classifier reads: the decoded response, or query text followed by it."""
     value_init: Literal["reward", "sft"] = "reward"
     """Critic start (detail 22): a copy of the RM (the paper) or the SFT body with a fresh head."""
     dropout: float = 0.0
@@ -185,6 +195,7 @@ DETAIL_FLAGS = (
     "whiten_scope",
     "dropout",
     "ptx_coef",
+    "reward_source",
 )
 RESUME_IGNORED = (*STAGE_RESUME_IGNORED, "run_eval", "max_eval_samples", "sample_every")
 
@@ -226,15 +237,28 @@ def query_rows(order_for_epoch, n: int, update: int, local_batch: int, rank: int
     return np.array([order_for_epoch(int(p // n))[p % n] for p in positions])
 
 
-def sample_and_score(args: Args, policy, reward_model, queries, pad: int, eos: int, temperature: float):
-    """Sample, truncate and score a batch of queries (R-03, R-06, detail 12); (postprocessed, scores)."""
+def make_scorer(args: Args, reward_model, classifier, tokenizer, device):
+    """score(queries (B, Q) left-padded, responses (B, R) right-padded) -> (B,): the RM read at the
+    response's EOS (detail 12), or the classifier's label score on the decoded text."""
+    pad = tokenizer.pad_token_id
+
+    def score(queries: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+        if classifier is None:
+            return get_reward(reward_model, torch.cat((queries, responses), 1), pad, queries.size(1))[1]
+        texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+        return classifier(tokenizer.batch_decode(queries, skip_special_tokens=True), texts).to(device)
+
+    return score
+
+
+def sample_and_score(args: Args, policy, score, queries, pad: int, eos: int, temperature: float):
+    """Sample, truncate and score a batch of queries (R-03, R-06); (postprocessed, scores)."""
     responses, _ = generate(policy, queries, pad, args.response_length, temperature, args.sampler)
     postprocessed = truncate_response(responses, eos, pad)
-    _, scores, _ = get_reward(reward_model, torch.cat((queries, postprocessed), 1), pad, queries.size(1))
-    return postprocessed, scores
+    return postprocessed, score(queries, postprocessed)
 
 
-def evaluate(args: Args, accelerator, policy, reward_model, tokenizer, dataset, split: str):
+def evaluate(args: Args, accelerator, policy, score, tokenizer, dataset, split: str):
     """Final evaluation at T=0.01 on one split: RM scores of samples and references, gathered (-> metrics, table)."""
     import pandas as pd
     from tqdm.auto import tqdm
@@ -254,10 +278,8 @@ def evaluate(args: Args, accelerator, policy, reward_model, tokenizer, dataset, 
             queries, references = (
                 t.to(accelerator.device) for t in token_batch(dataset, idx, "query_token", "reference_response_token")
             )
-            postprocessed, scores = sample_and_score(
-                args, policy, reward_model, queries, pad, eos, args.eval_temperature
-            )
-            _, ref_scores, _ = get_reward(reward_model, torch.cat((queries, references), 1), pad, queries.size(1))
+            postprocessed, scores = sample_and_score(args, policy, score, queries, pad, eos, args.eval_temperature)
+            ref_scores = score(queries, references)
             texts = tokenizer.batch_decode(postprocessed, skip_special_tokens=True)
             ref_texts = tokenizer.batch_decode(references, skip_special_tokens=True)
             info = meta[idx.tolist()]
@@ -306,8 +328,10 @@ def main(args: Args) -> dict:
     )
 
     t_start = time.time()
-    if not args.reward_model_path:
+    if args.reward_source == "rm" and not args.reward_model_path:
         raise InputError("--reward-model-path is required (reward.py's RUN/model)")
+    if args.reward_source == "classifier" and (not args.reward_classifier or args.value_init != "sft"):
+        raise InputError("--reward-source classifier needs --reward-classifier and --value-init sft (no RM to copy)")
     accelerator, accumulation = setup_stage(args, minibatches=args.nminibatches)
     rank, world = accelerator.process_index, accelerator.num_processes
 
@@ -353,7 +377,15 @@ def main(args: Args) -> dict:
     # --- models (detail 22) ----------------------------------------------------------------------
     policy = load_causal_lm(args.sft_model_path)
     ref_policy = load_causal_lm(args.sft_model_path).eval().requires_grad_(False)
-    reward_model = load_reward_model(args.reward_model_path).eval().requires_grad_(False)
+    reward_model = classifier = None
+    if args.reward_source == "rm":
+        reward_model = load_reward_model(args.reward_model_path).eval().requires_grad_(False)
+    else:
+        from rlhf_repro.reward_sources import ClassifierReward
+
+        classifier = ClassifierReward(
+            args.reward_classifier, args.reward_label, args.reward_output, args.reward_text, accelerator.device
+        )
     if args.value_init == "reward":
         critic = load_reward_model(args.reward_model_path)
     else:
@@ -380,7 +412,9 @@ def main(args: Args) -> dict:
         kl_ctl.value = state["extra"]["kl_coef"]
     model, optimizer = accelerator.prepare(model, optimizer)
     ref_policy.to(accelerator.device)
-    reward_model.to(accelerator.device)
+    if reward_model is not None:
+        reward_model.to(accelerator.device)
+    score_fn = make_scorer(args, reward_model, classifier, tokenizer, accelerator.device)
     run = StageRun(
         accelerator,
         path,
@@ -388,7 +422,8 @@ def main(args: Args) -> dict:
         derived,
         inputs={
             "sft_model_path": args.sft_model_path,
-            "reward_model_path": args.reward_model_path,
+            "reward_model_path": args.reward_model_path or None,
+            "reward_classifier": args.reward_classifier,
             "query_dataset": args.query_dataset,
             "tokenizer": args.tokenizer,
         },
@@ -439,7 +474,7 @@ def main(args: Args) -> dict:
                 t.to(accelerator.device) for t in token_batch(data["validation"], validation_rows, "query_token")
             )
             val_post, val_scores = sample_and_score(
-                args, unwrapped.policy, reward_model, val_queries, pad, eos, args.eval_temperature
+                args, unwrapped.policy, score_fn, val_queries, pad, eos, args.eval_temperature
             )
 
             # --- rollout ---------------------------------------------------------------------------
@@ -465,7 +500,7 @@ def main(args: Args) -> dict:
                 # Critic values: position t reads the state before response token t (detail 22).
                 full_value, _, _ = get_reward(unwrapped.critic, query_response, pad, context_length)
                 # 2. score the truncated response (read at its EOS, detail 12)
-                _, score, _ = get_reward(reward_model, torch.cat((query, postprocessed), 1), pad, context_length)
+                score = score_fn(query, postprocessed)
                 t_score += time.time() - t1
                 for key, value in (
                     ("responses", response),
@@ -669,7 +704,7 @@ def main(args: Args) -> dict:
         t_eval = time.time()
         unwrapped.eval()
         for split in ("validation", "test"):
-            metrics, table = evaluate(args, accelerator, unwrapped.policy, reward_model, tokenizer, data[split], split)
+            metrics, table = evaluate(args, accelerator, unwrapped.policy, score_fn, tokenizer, data[split], split)
             run.log(metrics, step=num_updates)
             run.write_table(f"query_responses_{split}.csv", table)
             summary.update(metrics)

@@ -6,6 +6,7 @@
     rlhf-repro pretrain ...                                      experiments/pretrain.py
     rlhf-repro sft ...                                           experiments/sft.py
     rlhf-repro reward ...                                        experiments/reward.py
+    rlhf-repro ppo ...                                           experiments/ppo.py
     rlhf-repro quickstart [--out DIR]                            world -> datasets -> tiny base model
 
 Stage commands forward their arguments to the stage script, so `rlhf-repro pretrain --help` and
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "pretrain": ("pretrain a tiny Pythia-architecture base model", lambda a: _stage("experiments.pretrain", a)),
         "sft": ("supervised fine-tuning on the references (+ ROUGE eval)", lambda a: _stage("experiments.sft", a)),
         "reward": ("train, normalize and evaluate the reward model", lambda a: _stage("experiments.reward", a)),
+        "ppo": ("PPO against the reward model, every detail a switch", lambda a: _stage("experiments.ppo", a)),
         "quickstart": (
             "world -> datasets -> tiny base model, end to end",
             lambda a: _stage("rlhf_repro.quickstart", a),

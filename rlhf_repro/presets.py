@@ -67,3 +67,25 @@ TINY_REWARD_FLAGS = [
     "64",
     "--run-eval",
 ]
+
+# PPO of the tiny preset: the paper's algorithm and switches, with a step size a ~1.4M-parameter policy
+# moves at and a rollout batch this CPU turns around in seconds.
+TINY_PPO_FLAGS = [
+    "--lr",
+    "2e-5",
+    "--batch-size",
+    "32",
+    "--local-micro-batch-size",
+    "16",
+    "--local-rollout-forward-batch-size",
+    "32",
+    "--total-episodes",
+    "1920",
+    "--local-eval-batch-size",
+    "16",
+    "--sample-every",
+    "20",
+    "--run-eval",
+    "--max-eval-samples",
+    "500",
+]

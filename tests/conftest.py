@@ -130,3 +130,25 @@ def eos_prone_model(tiny_base_model, tmp_path_factory) -> Path:
     (out / "tokenizer.json").write_bytes((tiny_base_model / "tokenizer.json").read_bytes())
     (out / "tokenizer_config.json").write_bytes((tiny_base_model / "tokenizer_config.json").read_bytes())
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_base_model, tmp_path_factory) -> Path:
+    """A random 2-label GPT-NeoX sequence classifier (NEGATIVE / POSITIVE) with the world tokenizer."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForSequenceClassification
+
+    from rlhf_repro.tokenization import load_tokenizer
+
+    base = GPTNeoXConfig.from_pretrained(tiny_base_model)
+    config = GPTNeoXConfig(
+        **{k: v for k, v in base.to_dict().items() if k not in ("id2label", "label2id", "architectures")},
+        num_labels=2,
+    )
+    config.id2label, config.label2id = {0: "NEGATIVE", 1: "POSITIVE"}, {"NEGATIVE": 0, "POSITIVE": 1}
+    config.pad_token_id = 1
+    torch.manual_seed(2)
+    out = tmp_path_factory.mktemp("classifier") / "model"
+    GPTNeoXForSequenceClassification(config).save_pretrained(out)
+    load_tokenizer(tiny_base_model).save_pretrained(out)
+    return out

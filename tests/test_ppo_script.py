@@ -234,3 +234,27 @@ def test_ppo_resumes_bit_identical_after_a_crash(
     a = state_dict(default_run[0] / "t" / "ppo" / "tiny" / "1" / "model")
     b = state_dict(tmp_path / "t" / "ppo" / "tiny" / "1" / "model")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_classifier_reward_scores_a_named_label(tiny_classifier):
+    from rlhf_repro.io import InputError
+    from rlhf_repro.reward_sources import ClassifierReward
+
+    texts = [" I (24 M) and my mom.", " hello"]
+    logit = ClassifierReward(tiny_classifier, "POSITIVE")([""] * 2, texts)
+    prob = ClassifierReward(tiny_classifier, "POSITIVE", output="probability")([""] * 2, texts)
+    both = ClassifierReward(tiny_classifier, "NEGATIVE")([""] * 2, texts)
+    assert torch.allclose(prob, torch.sigmoid(logit - both), atol=1e-5)  # softmax over the two labels
+    with pytest.raises(InputError, match="not one of"):
+        ClassifierReward(tiny_classifier, "NEUTRAL")
+    with pytest.raises(InputError, match="choose one"):
+        ClassifierReward(tiny_classifier)
+
+
+def test_ppo_with_a_classifier_reward(small_datasets, eos_prone_model, tiny_classifier, tmp_path):
+    flags = ("--reward-source", "classifier", "--reward-classifier", str(tiny_classifier))
+    flags += ("--reward-label", "POSITIVE", "--reward-output", "probability", "--value-init", "sft")
+    rows = run_ok(small_datasets, eos_prone_model, "", tmp_path, *flags)
+    assert all(0 <= r["objective/raw_scores"] <= 1 for r in rows)  # probabilities
+    r = ppo(small_datasets, eos_prone_model, "", tmp_path / "x", "--reward-source", "classifier")
+    assert r.returncode == 2 and "--reward-classifier" in r.stderr

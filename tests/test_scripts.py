@@ -276,6 +276,7 @@ def test_pretrain_tracks_to_wandb_offline(small_world, tmp_path):
         ["pretrain", "--help"],
         ["sft", "--help"],
         ["reward", "--help"],
+        ["ppo", "--help"],
         ["sim", "score-table", "--help"],
         ["quickstart", "--help"],
     ],
@@ -295,6 +296,20 @@ def test_script_help_documents_every_flag():
         "experiments/pretrain.py": ["--model-preset", "--resume", "--track"],
         "experiments/sft.py": ["--base-model", "--run-eval", "--sampler", "--response-length", "--eval-at-start"],
         "experiments/reward.py": ["--sft-model-path", "--shuffle-seed", "--eval-gather", "--norm-episodes"],
+        "experiments/ppo.py": [
+            "--non-eos-penalty",
+            "--penalty-mode",
+            "--score-position",
+            "--kl-estimator",
+            "--kl-after-eos",
+            "--whiten-scope",
+            "--ppo.whiten-rewards",
+            "--ppo.kl-ctl",
+            "--value-init",
+            "--dropout",
+            "--ptx-coef",
+            "--nminibatches",
+        ],
     }.items():
         r = run_cmd([sys.executable, script, "--help"])
         assert r.returncode == 0

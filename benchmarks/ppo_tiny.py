@@ -1,0 +1,145 @@
+"""Measure PPO on the simulated world with the tiny settings, judged by the gold labeler.
+
+    rlhf-repro quickstart --out runs/quickstart
+    python benchmarks/sft_rm_tiny.py --quickstart runs/quickstart --out runs/bench_sft_rm
+    python benchmarks/ppo_tiny.py --quickstart runs/quickstart --sft-rm runs/bench_sft_rm
+
+Runs experiments/ppo.py with `rlhf_repro.presets.TINY_PPO_FLAGS` from the benchmark's SFT model and
+RM, once as the paper sets it up and once per ablation (--variants), then reports per run: the gold
+win rate of the final policy against the human references on validation (ties count half) next to the
+SFT model's, the gold score and contradicted facts, mean response length, the no-EOS fraction and KL
+over training, and seconds per phase and episodes per second. Writes OUT/ppo_tiny.json; prints Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from rlhf_repro.presets import TINY_PPO_FLAGS  # noqa: E402
+
+VARIANTS = {
+    "paper": [],
+    "no-eos-trick": ["--no-non-eos-penalty"],
+    "whiten-rewards": ["--ppo.whiten-rewards"],
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quickstart", default="runs/quickstart", help="quickstart output (world/, data/)")
+    parser.add_argument("--sft-rm", default="runs/bench_sft_rm", help="output of benchmarks/sft_rm_tiny.py")
+    parser.add_argument("--out", default="runs/bench_ppo", help="results folder of this benchmark")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="runs to make")
+    parser.add_argument("--seed", type=int, default=1, help="training seed")
+    parser.add_argument("--dry-run", action="store_true", help="print the stage commands only")
+    args = parser.parse_args()
+
+    qs, sft_rm, out = Path(args.quickstart), Path(args.sft_rm), Path(args.out)
+    sft_run = sft_rm / "tiny" / "sft" / "tiny-m" / str(args.seed)
+    rm_model = sft_rm / "tiny" / "reward" / "tiny-m" / str(args.seed) / "model"
+    commands = {
+        name: [
+            sys.executable,
+            "experiments/ppo.py",
+            "--sft-model-path",
+            str(sft_run / "model"),
+            "--reward-model-path",
+            str(rm_model),
+            "--query-dataset",
+            str(qs / "data" / "sft"),
+            "--results-dir",
+            str(out),
+            "--experiment",
+            name,
+            "--seed",
+            str(args.seed),
+            "--no-progress",
+            *TINY_PPO_FLAGS,
+            *VARIANTS[name],
+        ]
+        for name in args.variants
+    }
+    if args.dry_run:
+        print("\n".join(" ".join(c) for c in commands.values()))
+        return 0
+    if not rm_model.exists():
+        print(f"no reward model at {rm_model}; run benchmarks/sft_rm_tiny.py first", file=sys.stderr)
+        return 2
+
+    from rlhf_repro.runs import read_metrics
+    from rlhf_repro.sim.evaluate import score_table, world_posts
+
+    posts = world_posts(qs / "world")
+    report = {}
+    for name, cmd in commands.items():
+        print("$ " + " ".join(cmd), flush=True)
+        t0 = time.time()
+        subprocess.run(cmd, cwd=REPO, check=True)
+        run = out / name / "ppo" / "tiny-m" / str(args.seed)
+        rows = [r for r in read_metrics(run / "metrics.jsonl") if "objective/kl" in r]
+        _, gold = score_table(run / "query_responses_validation.csv", posts)
+        summary = json.loads((run / "summary.json").read_text())
+        n = len(rows)
+        report[name] = {
+            "seconds": round(time.time() - t0, 1),
+            "updates": n,
+            "gold": gold,
+            "response_token_len": summary["validation/ppo/response_token_len"],
+            "rm_score": summary["validation/ppo/score"],
+            "no_eos_fraction": {
+                "first": rows[0]["ppo/val/no_eos_fraction"],
+                "last": rows[-1]["ppo/val/no_eos_fraction"],
+            },
+            "kl": {"first": rows[0]["objective/kl"], "last": rows[-1]["objective/kl"]},
+            "scores": {"first": rows[0]["objective/scores"], "last": rows[-1]["objective/scores"]},
+            "seconds_per_update": {
+                k.rsplit("/", 1)[-1]: round(sum(r[k] for r in rows) / n, 3)
+                for k in ("time/ppo/generate", "time/ppo/score", "time/ppo/rollout", "time/ppo/train")
+            },
+            "episodes_per_second": rows[-1]["ppo/eps"],
+        }
+    # The SFT model on the same validation rows (its table covers the whole split).
+    import csv
+
+    ppo_ids = set()
+    with open(out / args.variants[0] / "ppo" / "tiny-m" / str(args.seed) / "query_responses_validation.csv") as f:
+        ppo_ids = {row["id"] for row in csv.DictReader(f)}
+    rows, _ = score_table(sft_run / "query_responses_validation.csv", posts)
+    rows = [r for r in rows if r["id"] in ppo_ids]
+    sft_win = sum(r["gold_response_beats_reference"] for r in rows) / max(1, len(rows))
+    sft_gold = sum(r["gold_response"] for r in rows) / max(1, len(rows))
+    report["sft"] = {"gold_win_rate": sft_win, "gold_response": sft_gold, "rows": len(rows)}
+    (out / "ppo_tiny.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    header = ["run", "gold win rate vs reference", "gold score", "tokens", "no-EOS (first -> last update)"]
+    header += ["KL (first -> last)", "s/update (gen / score / train)", "episodes/s"]
+    print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    print(f"| SFT | {sft_win:.3f} | {sft_gold:.2f} | | | | | |")
+    for name in args.variants:
+        r = report[name]
+        s, no_eos, kl = r["seconds_per_update"], r["no_eos_fraction"], r["kl"]
+        cells = [
+            f"PPO {name}",
+            f"{r['gold']['win_rate_vs_reference']:.3f}",
+            f"{r['gold']['gold_response']:.2f}",
+            f"{r['response_token_len']:.1f}",
+            f"{no_eos['first']:.2f} -> {no_eos['last']:.2f}",
+            f"{kl['first']:.2f} -> {kl['last']:.2f}",
+            f"{s['generate']} / {s['score']} / {s['train']}",
+            f"{r['episodes_per_second']:.1f}",
+        ]
+        print("| " + " | ".join(cells) + " |")
+    print(f"wrote {out / 'ppo_tiny.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Rewards from a text classifier instead of our RM: any `AutoModelForSequenceClassification` (hub id or
+directory) scoring the decoded response, as in the classic sentiment-PPO examples.
+
+The score is the logit, or the softmax probability, of one named label. The classifier brings its own
+tokenizer, so policy and classifier need not share a vocabulary.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from rlhf_repro.io import InputError, from_hub
+
+
+class ClassifierReward:
+    def __init__(
+        self,
+        name_or_path: str | os.PathLike,
+        label: str | None = None,
+        output: str = "logit",
+        text: str = "response",
+        device: str | torch.device = "cpu",
+        max_length: int = 512,
+    ):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from rlhf_repro.modeling import check_model_source, disable_dropout
+
+        check_model_source(name_or_path)
+        load = (
+            (lambda cls: cls.from_pretrained(str(name_or_path)))
+            if Path(name_or_path).exists()
+            else (lambda cls: from_hub("reward classifier", str(name_or_path), cls.from_pretrained, str(name_or_path)))
+        )
+        self.model = load(AutoModelForSequenceClassification).to(device).eval().requires_grad_(False)
+        disable_dropout(self.model)
+        self.tokenizer = load(AutoTokenizer)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        labels = {v: int(k) for k, v in self.model.config.id2label.items()}
+        if label is None:
+            if self.model.config.num_labels != 1:
+                raise InputError(f"the classifier has labels {sorted(labels)}; choose one with --reward-label")
+            self.index = 0
+        elif label not in labels:
+            raise InputError(f"label {label!r} is not one of the classifier's {sorted(labels)}", name_or_path)
+        else:
+            self.index = labels[label]
+        if output not in ("logit", "probability"):
+            raise InputError(f"unknown output {output!r}; one of logit, probability")
+        if text not in ("response", "query_response"):
+            raise InputError(f"unknown text {text!r}; one of response, query_response")
+        self.output, self.text, self.device, self.max_length = output, text, device, max_length
+
+    @torch.no_grad()
+    def __call__(self, queries: list[str], responses: list[str]) -> torch.Tensor:
+        texts = responses if self.text == "response" else [q + r for q, r in zip(queries, responses)]
+        texts = [t or " " for t in texts]  # an empty response (EOS first) still gets a score
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)
+        logits = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits.float()
+        if self.output == "probability":
+            return torch.softmax(logits, -1)[:, self.index]
+        return logits[:, self.index]
