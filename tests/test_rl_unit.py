@@ -161,3 +161,28 @@ def test_global_whitening_equals_whitening_the_concatenated_batches():
     local = rl.masked_whiten(a, ma, all_reduce=all_reduce)
     assert torch.allclose(local[ma], full[:3][ma], atol=1e-5)
     assert not torch.allclose(rl.masked_whiten(a, ma)[ma], full[:3][ma], atol=1e-3)  # rank-local differs
+
+
+def test_gae_with_the_reference_masks_equals_gae_stopped_after_the_score():
+    # Row 0 ends (EOS) at 2: KL is 0 after it, the score sits at 3, values are zeroed after 3. Running
+    # GAE over all positions must equal a loop that stops at the score position with V(4) = 0.
+    responses = torch.tensor([[5, 6, EOS, PAD, PAD, PAD], [5, 6, 7, 8, 9, 4]])
+    lengths, padding_mask, padding_mask_p1 = rl.response_masks(responses, PAD)
+    g = torch.Generator().manual_seed(2)
+    kl = torch.randn(2, 6, generator=g).masked_fill(padding_mask, 0.0)
+    values = torch.randn(2, 6, generator=g).masked_fill(padding_mask_p1, 0.0)
+    scores = torch.tensor([1.5, -0.5])
+    rewards, _ = rl.per_token_rewards(scores, kl, 0.05, rl.score_positions(lengths, 6))
+    adv, _ = rl.gae(rewards, values, 1.0, 0.95)
+    for b, last in ((0, 3), (1, 5)):
+        lastgaelam = 0.0
+        expected = [0.0] * (last + 1)
+        for t in reversed(range(last + 1)):
+            next_v = values[b, t + 1].item() if t < last else 0.0
+            delta = rewards[b, t].item() + next_v - values[b, t].item()
+            lastgaelam = delta + 0.95 * lastgaelam
+            expected[t] = lastgaelam
+        assert adv[b, : last + 1].tolist() == pytest.approx(expected, abs=1e-5)
+    assert torch.all(adv[0, 4:] == 0)
+    whitened = rl.masked_whiten(adv, ~padding_mask).masked_fill(padding_mask, 0)
+    assert rl.masked_mean(whitened, ~padding_mask).item() == pytest.approx(0.0, abs=1e-6)
