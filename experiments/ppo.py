@@ -716,13 +716,7 @@ def main(args: Args) -> dict:
                     f"{m['rm_win_rate']:.1%}), {m['response_token_len']:.1f} tokens, EOS in {m['eos_fraction']:.0%}"
                 )
         summary["eval_seconds"] = round(time.time() - t_eval, 2)
-    summary["seconds"] = round(time.time() - t_start, 2)
-    summary["model_dir"] = str(path / "model")
-    run.finish(summary)
-    if accelerator.is_main_process:
-        print(f"ppo done in {summary['seconds']} s; policy -> {path / 'model'}")
-    accelerator.end_training()
-    return summary
+    return run.complete(accelerator, summary, t_start, path / "model", "ppo")
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -481,13 +481,7 @@ def main(args: Args) -> dict:
                     f"{metrics[f'eval/rm/{eval_split}/n_pairs']} pairs; by confidence {by_conf}"
                 )
         summary["eval_seconds"] = round(time.time() - t_eval, 2)
-    summary["seconds"] = round(time.time() - t_start, 2)
-    summary["model_dir"] = str(path / "model")
-    run.finish(summary)
-    if accelerator.is_main_process:
-        print(f"reward done in {summary['seconds']} s; model -> {path / 'model'}")
-    accelerator.end_training()
-    return summary
+    return run.complete(accelerator, summary, t_start, path / "model", "reward")
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -365,13 +365,7 @@ def main(args: Args) -> dict:
                     f"{m['eos_fraction']:.0%} of {len(table)} responses"
                 )
         summary["eval_seconds"] = round(time.time() - t_eval, 2)
-    summary["seconds"] = round(time.time() - t_start, 2)
-    summary["model_dir"] = str(path / "model")
-    run.finish(summary)
-    if accelerator.is_main_process:
-        print(f"sft done in {summary['seconds']} s; model -> {path / 'model'}")
-    accelerator.end_training()
-    return summary
+    return run.complete(accelerator, summary, t_start, path / "model", "sft")
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,6 +214,16 @@ class StageRun:
             self.folder.finish(summary)
             self.metrics.close()
             self.tracker.finish()
+
+    def complete(self, accelerator, summary: dict, t_start: float, model_dir: Path, job: str) -> dict:
+        """A stage's last lines: total time and model path into summary.json (marking the run done)."""
+        summary["seconds"] = round(time.time() - t_start, 2)
+        summary["model_dir"] = str(model_dir)
+        self.finish(summary)
+        if self.main:
+            print(f"{job} done in {summary['seconds']} s; model -> {model_dir}")
+        accelerator.end_training()
+        return summary
 
 
 def changed_details(args, fields: tuple[str, ...]) -> list[str]:
