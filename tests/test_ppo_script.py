@@ -258,3 +258,55 @@ def test_ppo_with_a_classifier_reward(small_datasets, eos_prone_model, tiny_clas
     assert all(0 <= r["objective/raw_scores"] <= 1 for r in rows)  # probabilities
     r = ppo(small_datasets, eos_prone_model, "", tmp_path / "x", "--reward-source", "classifier")
     assert r.returncode == 2 and "--reward-classifier" in r.stderr
+
+
+def test_rollout_chunking_does_not_change_the_rollout(small_datasets, eos_prone_model, tiny_reward_model, tmp_path):
+    # Near-greedy sampling makes the samples independent of how the RNG stream is split across chunks, so
+    # chunked rollout forwards (generation, reference log-probs, values, scores) must agree with one chunk.
+    flags = ("--temperature", "0.01", "--total-episodes", "8", "--ppo.noptepochs", "1")
+    whole = run_ok(small_datasets, eos_prone_model, tiny_reward_model, tmp_path / "a", *flags)[0]
+    chunked = run_ok(
+        small_datasets,
+        eos_prone_model,
+        tiny_reward_model,
+        tmp_path / "b",
+        *flags,
+        "--local-rollout-forward-batch-size",
+        "3",
+    )[0]
+    for key in (
+        "objective/scores",
+        "objective/kl",
+        "objective/entropy",
+        "ppo/val/response_length",
+        "ppo/loss/value_avg",
+    ):
+        assert chunked[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-5), key
+
+
+def test_numeric_ppo_hyperparameters_reach_the_losses(small_datasets, eos_prone_model, tiny_reward_model, tmp_path):
+    one = ("--total-episodes", "8", "--ppo.noptepochs", "2")
+    base = run_ok(small_datasets, eos_prone_model, tiny_reward_model, tmp_path / "base", *one)[0]
+
+    def row(name, *flags):
+        return run_ok(small_datasets, eos_prone_model, tiny_reward_model, tmp_path / name, *one, *flags)[0]
+
+    # Same first rollout (same seed): the returns depend on gamma and lambda, the value loss with them.
+    for name, flags in {"gamma": ("--ppo.gamma", "0.5"), "lam": ("--ppo.lam", "0.5")}.items():
+        r = row(name, *flags)
+        assert r["objective/scores"] == pytest.approx(base["objective/scores"])
+        assert r["ppo/loss/value_avg"] != pytest.approx(base["ppo/loss/value_avg"]), name
+    # A value clip range of ~0 clips every value update after the first step.
+    tight = row("clipv", "--ppo.cliprange-value", "1e-8")
+    assert tight["ppo/val/clipfrac_avg"] > base["ppo/val/clipfrac_avg"]
+    tight = row("clip", "--ppo.cliprange", "1e-8")
+    assert tight["ppo/policy/clipfrac_avg"] > base["ppo/policy/clipfrac_avg"]
+    # vf_coef 0 leaves the critic with a zero gradient: only AdamW's weight decay touches it.
+    novf = row("novf", "--ppo.vf-coef", "0")
+    assert novf["ppo/loss/value_avg"] > 0
+    rm = state_dict(tiny_reward_model)
+    for name, moved in (("novf", False), ("base", True)):
+        critic = state_dict(tmp_path / name / "t" / "ppo" / "tiny" / "1" / "critic")
+        assert any(not torch.allclose(rm[k], critic[k], rtol=1e-4, atol=1e-7) for k in rm) == moved, name
+    epochs = row("epochs", "--ppo.noptepochs", "3")
+    assert epochs["ppo/policy/approxkl_avg"] != pytest.approx(base["ppo/policy/approxkl_avg"])
