@@ -95,8 +95,9 @@ class Args(StageArgs):
     """Tokenizer; default: the SFT model's."""
     query_dataset: str = "vwxyzjn/summarize_from_feedback_tldr_3_filtered_oai_preprocessing_1706381144"
     """Processed SFT dataset: PPO's prompts are its train queries, cycled (detail 21)."""
-    reward_source: Literal["rm", "classifier"] = "rm"
-    """Where scores come from: our RM (--reward-model-path, the paper) or a sequence classifier's label."""
+    reward_source: Literal["rm", "classifier", "gold"] = "rm"
+    """Where scores come from: our RM (--reward-model-path, the paper), a sequence classifier's label, or the
+    simulated world's gold labeler (an oracle reward: what PPO reaches when the reward is the truth)."""
     reward_classifier: str | None = None
     """With --reward-source classifier: an AutoModelForSequenceClassification (hub id or directory)."""
     reward_label: str | None = None
@@ -105,6 +106,8 @@ class Args(StageArgs):
     """Score = the label's logit or its softmax probability."""
     reward_text: Literal["response", "query_response"] = "response"
     """Text the classifier reads: the decoded response, or query text followed by it."""
+    gold_reward_scale: float = 1.0
+    """With --reward-source gold: the gold score (max 8) is multiplied by this."""
     value_init: Literal["reward", "sft"] = "reward"
     """Critic start (detail 22): a copy of the RM (the paper) or the SFT body with a fresh head."""
     dropout: float = 0.0
@@ -330,8 +333,10 @@ def main(args: Args) -> dict:
     t_start = time.time()
     if args.reward_source == "rm" and not args.reward_model_path:
         raise InputError("--reward-model-path is required (reward.py's RUN/model)")
-    if args.reward_source == "classifier" and (not args.reward_classifier or args.value_init != "sft"):
-        raise InputError("--reward-source classifier needs --reward-classifier and --value-init sft (no RM to copy)")
+    if args.reward_source == "classifier" and not args.reward_classifier:
+        raise InputError("--reward-source classifier needs --reward-classifier")
+    if args.value_init == "reward" and not args.reward_model_path:
+        raise InputError("--value-init reward copies an RM: give --reward-model-path, or use --value-init sft")
     accelerator, accumulation = setup_stage(args, minibatches=args.nminibatches)
     rank, world = accelerator.process_index, accelerator.num_processes
 
@@ -380,6 +385,10 @@ def main(args: Args) -> dict:
     reward_model = classifier = None
     if args.reward_source == "rm":
         reward_model = load_reward_model(args.reward_model_path).eval().requires_grad_(False)
+    elif args.reward_source == "gold":
+        from rlhf_repro.reward_sources import GoldReward
+
+        classifier = GoldReward(args.gold_reward_scale, accelerator.device)
     else:
         from rlhf_repro.reward_sources import ClassifierReward
 

@@ -50,6 +50,7 @@ from rlhf_repro.data import (
 )
 from rlhf_repro.io import InputError, atomic_directory
 from rlhf_repro.ops import trim_right_padding
+from rlhf_repro.pair_eval import evaluate_pairs
 from rlhf_repro.reward_model import get_reward
 from rlhf_repro.runs import model_name_of, run_dir
 from rlhf_repro.seeding import local_seed
@@ -211,71 +212,26 @@ def normalize(args: Args, accelerator, model, dataset, pad: int) -> tuple[dict, 
     return metrics, table
 
 
-EVAL_COLUMNS = [
-    "row",
-    "id",
-    "split",
-    "batch",
-    "confidence",
-    "choice",
-    "chosen_policy",
-    "rejected_policy",
-    "chosen_reward",
-    "rejected_reward",
-    "chosen_token_len",
-    "rejected_token_len",
-    "accuracy",
-]
-
-
 def evaluate(args: Args, accelerator, model, dataset, eval_split: str, pad: int) -> tuple[dict, object]:
     """Accuracy on one validation split with the reference's breakdowns (detail 16); (metrics, pair table)."""
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    rank, world = accelerator.process_index, accelerator.num_processes
-    n = min(len(dataset), args.max_eval_samples or len(dataset))
-    meta = dataset.select_columns(list(PREFERENCE_EVAL_COLUMNS) + ["chosen_token_len", "rejected_token_len"])
-    rows = []
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.eval()
-    with torch.no_grad():
-        for idx in tqdm(
-            eval_batches(n, args.local_eval_batch_size, world, rank),
-            desc=f"rm eval {eval_split}",
-            disable=not (args.progress and accelerator.is_main_process),
-        ):
-            chosen, rejected = (t.to(accelerator.device) for t in token_batch(dataset, idx, *PREFERENCE_COLUMNS[1:3]))
-            r_chosen, r_rejected = pair_rewards(unwrapped, chosen, rejected, pad)
-            info = meta[idx.tolist()]
-            for i, row in enumerate(idx.tolist()):
-                rows.append(
-                    {
-                        "row": row,
-                        "id": info["info"][i]["id"],
-                        "split": info["split"][i],
-                        "batch": info["batch"][i],
-                        "confidence": (info["extra"][i] or {}).get("confidence"),
-                        "choice": info["choice"][i],
-                        "chosen_policy": info["chosen_policy"][i],
-                        "rejected_policy": info["rejected_policy"][i],
-                        "chosen_reward": r_chosen[i].item(),
-                        "rejected_reward": r_rejected[i].item(),
-                        "chosen_token_len": info["chosen_token_len"][i],
-                        "rejected_token_len": info["rejected_token_len"][i],
-                        # Strict: a tie counts as wrong (§4.4).
-                        "accuracy": float(r_chosen[i].item() > r_rejected[i].item()),
-                    }
-                )
+
+    def rewards(idx):
+        chosen, rejected = (t.to(accelerator.device) for t in token_batch(dataset, idx, *PREFERENCE_COLUMNS[1:3]))
+        return pair_rewards(unwrapped, chosen, rejected, pad)
+
+    metrics, table = evaluate_pairs(
+        accelerator,
+        dataset,
+        eval_split,
+        rewards,
+        args.local_eval_batch_size,
+        args.max_eval_samples,
+        gather=args.eval_gather == "all",
+        progress=args.progress,
+    )
     unwrapped.train()
-    if args.eval_gather == "all":
-        rows = gather_objects(accelerator, rows)
-    table = pd.DataFrame(rows, columns=EVAL_COLUMNS).sort_values("row").drop(columns=["row"]).reset_index(drop=True)
-    prefix = f"eval/rm/{eval_split}"
-    metrics = {f"{prefix}/accuracy": float(table["accuracy"].mean()), f"{prefix}/n_pairs": len(table)}
-    for column in ("split", "batch", "confidence"):
-        for value, acc in table.groupby(column)["accuracy"].mean().items():
-            metrics[f"{prefix}/accuracy/{column}/{value}"] = float(acc)
     return metrics, table
 
 

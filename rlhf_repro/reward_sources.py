@@ -66,3 +66,23 @@ class ClassifierReward:
         if self.output == "probability":
             return torch.softmax(logits, -1)[:, self.index]
         return logits[:, self.index]
+
+
+class GoldReward:
+    """The simulated world's gold labeler as the reward (an oracle RM, as in over-optimization studies).
+
+    It reads the post out of the decoded query (its POST section) and scores the decoded response with
+    `rlhf_repro.sim.labeler.gold_score` (coverage minus contradictions, repeats, irrelevant details,
+    excess length and an unfinished sentence; a perfect summary scores 8), times `scale`. Only
+    meaningful on simulated-world prompts: a query without ages is scored as a news article.
+    """
+
+    def __init__(self, scale: float = 1.0, device: str | torch.device = "cpu"):
+        self.scale, self.device = scale, device
+
+    def __call__(self, queries: list[str], responses: list[str]) -> torch.Tensor:
+        from rlhf_repro.sim.evaluate import post_from_query
+        from rlhf_repro.sim.labeler import gold_score
+
+        scores = [gold_score(post_from_query(q), r.strip()) * self.scale for q, r in zip(queries, responses)]
+        return torch.tensor(scores, dtype=torch.float32, device=self.device)

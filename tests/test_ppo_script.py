@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 
 import pytest
@@ -310,3 +311,26 @@ def test_numeric_ppo_hyperparameters_reach_the_losses(small_datasets, eos_prone_
         assert any(not torch.allclose(rm[k], critic[k], rtol=1e-4, atol=1e-7) for k in rm) == moved, name
     epochs = row("epochs", "--ppo.noptepochs", "3")
     assert epochs["ppo/policy/approxkl_avg"] != pytest.approx(base["ppo/policy/approxkl_avg"])
+
+
+def test_gold_reward_scores_the_decoded_summary_against_the_post_in_the_query(small_world):
+    from rlhf_repro.io import read_jsonl
+    from rlhf_repro.reward_sources import GoldReward
+    from rlhf_repro.sim.labeler import gold_score
+
+    row = next(r for _, r in read_jsonl(small_world / "tldr" / "valid.jsonl"))
+    query = f"SUBREDDIT: r/{row['subreddit']}\n\nTITLE: {row['title']}\n\nPOST: {row['post']}\n\nTL;DR:"
+    wrong = re.sub(r"\(\d{1,2} ", "(99 ", row["summary"], count=1)  # a contradicted age
+    scores = GoldReward(scale=0.5)([query, query], [" " + row["summary"], " " + wrong])
+    assert scores.tolist() == pytest.approx(
+        [0.5 * gold_score(row["post"], row["summary"]), 0.5 * gold_score(row["post"], wrong)]
+    )
+    assert scores[0] > scores[1]
+
+
+def test_ppo_with_the_gold_reward(small_datasets, eos_prone_model, tmp_path):
+    flags = ("--reward-source", "gold", "--value-init", "sft", "--no-non-eos-penalty")
+    rows = run_ok(small_datasets, eos_prone_model, "", tmp_path, *flags)
+    assert all(r["objective/raw_scores"] <= 8 for r in rows)  # gold scores, max 8
+    r = ppo(small_datasets, eos_prone_model, "", tmp_path / "x", "--reward-source", "gold")
+    assert r.returncode == 2 and "--value-init" in r.stderr
