@@ -7,6 +7,7 @@
     rlhf-repro sft ...                                           experiments/sft.py
     rlhf-repro reward ...                                        experiments/reward.py
     rlhf-repro ppo ...                                           experiments/ppo.py
+    rlhf-repro dpo ...                                           experiments/dpo.py
     rlhf-repro quickstart [--out DIR]                            world -> datasets -> tiny base model
 
 Stage commands forward their arguments to the stage script, so `rlhf-repro pretrain --help` and
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "sft": ("supervised fine-tuning on the references (+ ROUGE eval)", lambda a: _stage("experiments.sft", a)),
         "reward": ("train, normalize and evaluate the reward model", lambda a: _stage("experiments.reward", a)),
         "ppo": ("PPO against the reward model, every detail a switch", lambda a: _stage("experiments.ppo", a)),
+        "dpo": ("DPO and its variants on the preference pairs", lambda a: _stage("experiments.dpo", a)),
         "quickstart": (
             "world -> datasets -> tiny base model, end to end",
             lambda a: _stage("rlhf_repro.quickstart", a),
