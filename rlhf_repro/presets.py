@@ -89,3 +89,21 @@ TINY_PPO_FLAGS = [
     "--max-eval-samples",
     "500",
 ]
+
+# DPO of the tiny preset: the paper's loss, beta and schedule on the same pairs and batch as the tiny RM
+# (8,000 pairs, 16 per update), with the tiny RM's learning rate.
+TINY_DPO_FLAGS = [
+    "--lr",
+    "1e-4",
+    "--batch-size",
+    "16",
+    "--local-micro-batch-size",
+    "16",
+    "--total-episodes",
+    "8000",
+    "--local-eval-batch-size",
+    "32",
+    "--run-eval",
+    "--max-eval-samples",
+    "500",
+]
