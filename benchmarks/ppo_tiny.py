@@ -29,6 +29,11 @@ VARIANTS = {
     "paper": [],
     "no-eos-trick": ["--no-non-eos-penalty"],
     "whiten-rewards": ["--ppo.whiten-rewards"],
+    # The gold labeler as the reward: what PPO reaches when the reward is the truth.
+    "gold-reward": ["--reward-source", "gold"],
+    # Responses cut at 40 tokens, so some SFT samples lack an EOS: the EOS trick has something to act on.
+    "eos-40": ["--response-length", "40"],
+    "eos-40-no-trick": ["--response-length", "40", "--no-non-eos-penalty"],
 }
 
 
