@@ -8,6 +8,7 @@
     rlhf-repro reward ...                                        experiments/reward.py
     rlhf-repro ppo ...                                           experiments/ppo.py
     rlhf-repro dpo ...                                           experiments/dpo.py
+    rlhf-repro judge --input TABLE --backend openai|rm|gold --out OUT   judge summaries vs references
     rlhf-repro quickstart [--out DIR]                            world -> datasets -> tiny base model
 
 Stage commands forward their arguments to the stage script, so `rlhf-repro pretrain --help` and
@@ -141,6 +142,12 @@ def _stage(module: str, argv: list[str]) -> int:
     return importlib.import_module(module).cli(argv)
 
 
+def _judge(argv: list[str]) -> int:
+    from rlhf_repro.judge_cli import main as judge_main
+
+    return judge_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {
@@ -151,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         "reward": ("train, normalize and evaluate the reward model", lambda a: _stage("experiments.reward", a)),
         "ppo": ("PPO against the reward model, every detail a switch", lambda a: _stage("experiments.ppo", a)),
         "dpo": ("DPO and its variants on the preference pairs", lambda a: _stage("experiments.dpo", a)),
+        "judge": ("judge a table of summaries against the references", lambda a: _judge(a)),
         "quickstart": (
             "world -> datasets -> tiny base model, end to end",
             lambda a: _stage("rlhf_repro.quickstart", a),

@@ -1,0 +1,131 @@
+"""`rlhf-repro judge`: judge a table of policy summaries against the references and write the judged table.
+
+    rlhf-repro judge --input RUN/query_responses_validation.csv --backend openai --out judged.csv
+    rlhf-repro judge --input RUN/query_responses_validation.csv --backend gold --out judged.csv
+    rlhf-repro judge --input TABLE.csv --backend rm --reward-model RUN/model --out judged.csv
+
+The input needs `query`, `response` and `reference` columns (any stage's query_responses_*.csv, or the
+OpenAI-baseline CSV). The output keeps every input column and adds `preferred` (policy / reference /
+empty when no verdict), `policy_position` (A/B), `raw_answer`, `explanation`, `judge`, `parsed`,
+`guessed`, `attempts`, token counts and `cost`. A summary JSON (win rate over rows with a verdict,
+unparsed and guessed counts, tokens, cost; order consistency with --both-orders) is printed and written
+next to the output as OUT.summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+from rlhf_repro.io import InputError
+
+
+def read_table(path: Path, limit: int | None) -> list[dict]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise InputError(f"cannot read ({e.strerror})", path) from None
+    if rows:
+        missing = [c for c in ("query", "response", "reference") if c not in rows[0]]
+        if missing:
+            raise InputError(f"missing column(s) {', '.join(missing)}", path, line=1, field=missing[0])
+    for i, row in enumerate(rows, start=2):
+        for c in ("query", "response", "reference"):
+            if row[c] is None:
+                raise InputError("row has fewer fields than the header", path, line=i, field=c)
+    return rows[:limit] if limit else rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rlhf-repro judge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--input", required=True, help="CSV with query, response, reference columns")
+    p.add_argument("--out", required=True, help="judged CSV to write (atomically)")
+    p.add_argument("--backend", choices=("openai", "rm", "gold"), default="openai", help="who judges")
+    p.add_argument("--model", default=None, help="chat model (default gpt-3.5-turbo-0125 or $OPENAI_MODEL)")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible server URL (default $OPENAI_BASE_URL)")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    p.add_argument(
+        "--temperature", type=float, default=None, help="sampling temperature (default: unset, as the reference)"
+    )
+    p.add_argument("--judge-seed", type=int, default=None, help="seed sent to the API (default: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the A/B order per row and of paper-mode coin flips")
+    p.add_argument("--parse-mode", choices=("paper", "strict"), default="paper", help="how answers are read")
+    p.add_argument("--strict-retries", type=int, default=2, help="strict mode: re-asks of an unparseable answer")
+    p.add_argument("--template", default=None, help="prompt template file with {post}, {summary_a}, {summary_b}")
+    p.add_argument("--concurrency", type=int, default=11, help="parallel requests (the reference: 11)")
+    p.add_argument("--max-retries", type=int, default=6, help="retries on 429/5xx/timeouts, exponential backoff")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    p.add_argument("--backoff", type=float, default=1.0, help="first backoff in seconds (doubles per retry)")
+    p.add_argument("--cache", default=None, help="response cache JSONL (default: OUT.cache.jsonl)")
+    p.add_argument("--price-prompt", type=float, default=None, help="USD per 1M prompt tokens (default: known models)")
+    p.add_argument("--price-completion", type=float, default=None, help="USD per 1M completion tokens")
+    p.add_argument("--both-orders", action="store_true", help="judge each pair twice (A/B swapped): position bias")
+    p.add_argument("--reward-model", default=None, help="--backend rm: the RM directory (reward.py's RUN/model)")
+    p.add_argument("--limit", type=int, default=None, help="judge only the first N rows")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def make_judge(args):
+    from rlhf_repro import judge as J
+
+    if args.backend == "gold":
+        return J.GoldJudge(args.seed)
+    if args.backend == "rm":
+        if not args.reward_model:
+            raise InputError("--backend rm needs --reward-model")
+        return J.RewardModelJudge(args.reward_model, args.seed)
+    prices = None
+    if args.price_prompt is not None or args.price_completion is not None:
+        prices = (args.price_prompt or 0.0, args.price_completion or 0.0)
+    return J.OpenAIJudge(
+        model=args.model or os.environ.get("OPENAI_MODEL") or J.DEFAULT_MODEL,
+        base_url=args.base_url,
+        api_key=os.environ.get(args.api_key_env),
+        temperature=args.temperature,
+        seed=args.judge_seed,
+        template=J.load_template(args.template),
+        parse_mode=args.parse_mode,
+        strict_retries=args.strict_retries,
+        max_retries=args.max_retries,
+        timeout=args.timeout,
+        backoff=args.backoff,
+        cache=J.ResponseCache(args.cache or f"{args.out}.cache.jsonl"),
+        prices=prices,
+        judge_seed=args.seed,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    import pandas as pd
+
+    from rlhf_repro.io import atomic_write_text
+    from rlhf_repro.judge import judge_rows, summarize
+
+    args = build_parser().parse_args(argv)
+    try:
+        rows = read_table(Path(args.input), args.limit)
+        judge = make_judge(args)
+        concurrency = args.concurrency if args.backend == "openai" else 1
+        judged = judge_rows(judge, rows, args.seed, concurrency, args.both_orders, not args.no_progress)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, pd.DataFrame(judged).to_csv(index=False))
+    summary = summarize(judged) | {"backend": args.backend, "judge": judged[0]["judge"] if judged else None}
+    atomic_write_text(Path(f"{out}.summary.json"), json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Judges: answer parsing (paper vs strict), seeded A/B order, the OpenAI backend against a local
+chat-completions server (429, 500, timeouts, malformed answers, cache), the gold and RM backends, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from rlhf_repro import judge as J
+from tests.conftest import run_cmd
+
+pytestmark = pytest.mark.unit
+
+GOOD_A = "Comparison: A keeps the key facts.\nPreferred: A"
+GOOD_B = "Comparison: B keeps the key facts.\nPreferred: B"
+
+
+def test_paper_parsing_counts_anything_but_an_exact_letter_for_the_reference():
+    assert J.parse_verdict(GOOD_A, "paper") == ("A keeps the key facts.", "A")
+    assert J.parse_verdict("Comparison: x\nPreferred: A.", "paper")[1] == "other"
+    assert J.parse_verdict('Comparison: x\nPreferred: "B"', "paper")[1] == "other"
+    assert J.parse_verdict("I prefer A", "paper") == ("", None)  # markers missing -> coin flip upstream
+
+
+def test_strict_parsing_tolerates_decoration_but_never_guesses():
+    assert J.parse_verdict("Comparison: x\nPreferred: A.", "strict")[1] == "A"
+    assert J.parse_verdict('Comparison: x\nPreferred: **"B"**', "strict")[1] == "B"
+    assert J.parse_verdict("Comparison: x\nPreferred: both are fine", "strict")[1] is None
+    assert J.parse_verdict("I prefer A", "strict")[1] is None
+
+
+def test_positions_are_seeded_per_row_and_balanced():
+    first = [J.row_position(3, f"row{i}") for i in range(400)]
+    assert first == [J.row_position(3, f"row{i}") for i in range(400)]
+    assert first != [J.row_position(4, f"row{i}") for i in range(400)]
+    assert 160 < first.count("A") < 240
+
+
+class ChatServer:
+    """A local server speaking the chat-completions protocol. `script` is a list of actions consumed one
+    per request (then `default`): an int status code, ("sleep", seconds), or an answer string."""
+
+    def __init__(self, default=GOOD_A):
+        self.script, self.default, self.requests, self.prompts = [], default, 0, []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    server.requests += 1
+                    server.prompts.append(body)
+                    action = server.script.pop(0) if server.script else server.default
+                if isinstance(action, tuple):
+                    time.sleep(action[1])
+                    action = server.default
+                if isinstance(action, int):
+                    payload = json.dumps({"error": {"message": "scripted", "type": "x"}}).encode()
+                    self.send_response(action)
+                else:
+                    payload = json.dumps(
+                        {
+                            "id": "x",
+                            "object": "chat.completion",
+                            "created": 0,
+                            "model": body["model"],
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": action},
+                                }
+                            ],
+                            "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
+                        }
+                    ).encode()
+                    self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                try:
+                    self.wfile.write(payload)
+                except BrokenPipeError:
+                    pass
+
+        lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def server():
+    s = ChatServer()
+    yield s
+    s.close()
+
+
+ROWS = [
+    {
+        "query": f"SUBREDDIT: r/x\n\nTITLE: t{i}\n\nPOST: post {i}\n\nTL;DR:",
+        "response": f" policy {i}",
+        "reference": f" ref {i}",
+    }
+    for i in range(12)
+]
+
+
+def make(server, tmp_path, **kw):
+    kw.setdefault("cache", J.ResponseCache(tmp_path / "cache.jsonl"))
+    return J.OpenAIJudge(base_url=server.url, api_key="k", backoff=0.01, timeout=2.0, **kw)
+
+
+def test_openai_judge_always_a_wins_where_the_policy_was_a_and_costs_are_counted(server, tmp_path):
+    judged = J.judge_rows(make(server, tmp_path), ROWS, seed=0, concurrency=4, progress=False)
+    for r in judged:
+        assert r["preferred"] == ("policy" if r["policy_position"] == "A" else "reference")
+    s = J.summarize(judged)
+    assert s["n"] == 12 and s["n_verdict"] == 12 and s["prompt_tokens"] == 1200
+    assert s["cost_usd"] == pytest.approx(12 * (100 * 0.5 + 10 * 1.5) / 1e6)  # gpt-3.5-turbo-0125 prices
+    prompt = server.prompts[0]["messages"][1]["content"]
+    assert "post 0" in prompt and "TL;DR:" not in prompt and "temperature" not in server.prompts[0]
+
+
+def test_retries_on_429_500_and_timeouts_then_the_cache_pays_nothing_twice(server, tmp_path):
+    server.script = [429, 500, ("sleep", 3.0)]
+    judged = J.judge_rows(make(server, tmp_path), ROWS[:2], seed=0, concurrency=1, progress=False)
+    assert all(r["preferred"] and not r["error"] for r in judged)
+    assert server.requests == 5  # 3 faults + 2 answers
+    before = server.requests
+    again = J.judge_rows(make(server, tmp_path), ROWS[:2], seed=0, concurrency=1, progress=False)
+    assert server.requests == before and [r["preferred"] for r in again] == [r["preferred"] for r in judged]
+
+
+def test_errors_after_the_last_retry_are_reported_per_row(server, tmp_path):
+    server.script = [503] * 10
+    judged = J.judge_rows(make(server, tmp_path, max_retries=2), ROWS[:1], seed=0, progress=False)
+    assert judged[0]["preferred"] == "" and "InternalServerError" in judged[0]["error"]
+    assert J.summarize(judged)["n_errors"] == 1 and server.requests == 3
+
+
+def test_malformed_answers_paper_vs_strict(server, tmp_path):
+    server.default = "Comparison: fine\nPreferred: A."  # not exactly "A"
+    paper = J.judge_rows(make(server, tmp_path, parse_mode="paper"), ROWS[:6], seed=0, progress=False)
+    assert all(r["preferred"] == "reference" for r in paper)  # the reference's rule
+    server.default = "I like the first one"  # no markers
+    strict = J.judge_rows(
+        make(server, tmp_path, parse_mode="strict", cache=J.ResponseCache(None)), ROWS[:2], seed=0, progress=False
+    )
+    assert all(r["preferred"] == "" and not r["parsed"] and r["attempts"] == 3 for r in strict)
+    guessed = J.judge_rows(
+        make(server, tmp_path, parse_mode="paper", cache=J.ResponseCache(None)), ROWS, seed=0, progress=False
+    )
+    assert all(r["guessed"] and r["preferred"] in ("policy", "reference") for r in guessed)
+    again = J.judge_rows(
+        make(server, tmp_path, parse_mode="paper", cache=J.ResponseCache(None)), ROWS, seed=0, progress=False
+    )
+    assert [r["preferred"] for r in again] == [r["preferred"] for r in guessed]  # seeded coin flips
+
+
+def test_both_orders_reveals_a_judge_that_always_picks_a(server, tmp_path):
+    judged = J.judge_rows(make(server, tmp_path), ROWS, seed=0, both_orders=True, progress=False)
+    s = J.summarize(judged)
+    assert s["a_preferred_rate"] == 1.0 and s["order_consistency"] == 0.0
+
+
+def test_gold_judge_prefers_the_summary_with_more_true_facts():
+    query = "SUBREDDIT: r/x\n\nTITLE: t\n\nPOST: I (24 M) have been with my girlfriend (23 F) for 2 years.\n\nTL;DR:"
+    rows = [
+        {"query": query, "response": " I (24 M) and my girlfriend (23 F) of 2 years.", "reference": " I (31 M)."},
+        {"query": query, "response": " I (51 M).", "reference": " I (24 M) and my girlfriend (23 F) of 2 years."},
+    ]
+    judged = J.judge_rows(J.GoldJudge(), rows, progress=False)
+    assert [r["preferred"] for r in judged] == ["policy", "reference"]
+    assert judged[0]["policy_score"] > judged[0]["reference_score"]
+
+
+def test_rm_judge_matches_the_rm_scores(tiny_reward_model):
+    rows = ROWS[:4]
+    judge = J.RewardModelJudge(tiny_reward_model)
+    judged = J.judge_rows(judge, rows, progress=False)
+    for row, r in zip(rows, judged):
+        s_p, s_r = judge.scores(row["query"], [row["response"], row["reference"]])
+        assert r["preferred"] == ("policy" if s_p > s_r else "reference")
+
+
+def test_judge_cli_writes_the_judged_table_and_summary(tmp_path):
+    table = tmp_path / "in.csv"
+    with open(table, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["query", "response", "reference", "score"])
+        w.writeheader()
+        for r in ROWS[:5]:
+            w.writerow({**r, "score": 1.0})
+    out = tmp_path / "judged.csv"
+    r = run_cmd(
+        [
+            sys.executable,
+            "-m",
+            "rlhf_repro.cli",
+            "judge",
+            "--input",
+            str(table),
+            "--backend",
+            "gold",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert r.returncode == 0, r.stderr
+    with open(out, newline="") as f:
+        judged = list(csv.DictReader(f))
+    assert len(judged) == 5 and {"score", "preferred", "policy_position", "raw_answer", "judge"} <= set(judged[0])
+    assert json.loads((tmp_path / "judged.csv.summary.json").read_text())["n"] == 5
+    bad = tmp_path / "bad.csv"
+    bad.write_text("query,response\nq,r\n")
+    r = run_cmd(
+        [sys.executable, "-m", "rlhf_repro.cli", "judge", "--input", str(bad), "--backend", "gold", "--out", str(out)]
+    )
+    assert r.returncode == 2 and "bad.csv" in r.stderr and "reference" in r.stderr
