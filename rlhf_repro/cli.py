@@ -9,6 +9,7 @@
     rlhf-repro ppo ...                                           experiments/ppo.py
     rlhf-repro dpo ...                                           experiments/dpo.py
     rlhf-repro judge --input TABLE --backend openai|rm|gold --out OUT   judge summaries vs references
+    rlhf-repro analyze win-rate|length-control|calibration|agreement ...  statistics and figures
     rlhf-repro quickstart [--out DIR]                            world -> datasets -> tiny base model
 
 Stage commands forward their arguments to the stage script, so `rlhf-repro pretrain --help` and
@@ -148,6 +149,12 @@ def _judge(argv: list[str]) -> int:
     return judge_main(argv)
 
 
+def _analyze(argv: list[str]) -> int:
+    from analysis.cli import main as analyze_main
+
+    return analyze_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {
@@ -159,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "ppo": ("PPO against the reward model, every detail a switch", lambda a: _stage("experiments.ppo", a)),
         "dpo": ("DPO and its variants on the preference pairs", lambda a: _stage("experiments.dpo", a)),
         "judge": ("judge a table of summaries against the references", lambda a: _judge(a)),
+        "analyze": ("win rates, length control, calibration, agreement", lambda a: _analyze(a)),
         "quickstart": (
             "world -> datasets -> tiny base model, end to end",
             lambda a: _stage("rlhf_repro.quickstart", a),

@@ -24,20 +24,24 @@ from pathlib import Path
 from rlhf_repro.io import InputError
 
 
-def read_table(path: Path, limit: int | None) -> list[dict]:
+def read_table(path: Path, limit: int | None, response_column: str = "response", reference_column: str = "reference"):
+    """Rows with `query`, `response` and `reference` (renamed from the given columns; a reference is cut
+    at the first <|endoftext|>, as the reference's judge does)."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     except OSError as e:
         raise InputError(f"cannot read ({e.strerror})", path) from None
+    wanted = ("query", response_column, reference_column)
     if rows:
-        missing = [c for c in ("query", "response", "reference") if c not in rows[0]]
+        missing = [c for c in wanted if c not in rows[0]]
         if missing:
             raise InputError(f"missing column(s) {', '.join(missing)}", path, line=1, field=missing[0])
     for i, row in enumerate(rows, start=2):
-        for c in ("query", "response", "reference"):
+        for c in wanted:
             if row[c] is None:
                 raise InputError("row has fewer fields than the header", path, line=i, field=c)
+        row["response"], row["reference"] = row[response_column], row[reference_column].split("<|endoftext|>")[0]
     return rows[:limit] if limit else rows
 
 
@@ -69,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--both-orders", action="store_true", help="judge each pair twice (A/B swapped): position bias")
     p.add_argument("--reward-model", default=None, help="--backend rm: the RM directory (reward.py's RUN/model)")
     p.add_argument("--limit", type=int, default=None, help="judge only the first N rows")
+    p.add_argument("--response-column", default="response", help="column holding the policy's summary")
+    p.add_argument("--reference-column", default="reference", help="column holding the reference summary")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -111,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        rows = read_table(Path(args.input), args.limit)
+        rows = read_table(Path(args.input), args.limit, args.response_column, args.reference_column)
         judge = make_judge(args)
         concurrency = args.concurrency if args.backend == "openai" else 1
         judged = judge_rows(judge, rows, args.seed, concurrency, args.both_orders, not args.no_progress)
