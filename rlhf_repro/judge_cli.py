@@ -49,7 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rlhf-repro judge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--input", required=True, help="CSV with query, response, reference columns")
+    p.add_argument("--input", default=None, help="CSV with query, response, reference columns")
+    p.add_argument(
+        "--pairs",
+        default=None,
+        help="instead of --input: a comparisons source (OpenAI's form: a directory of *.jsonl or a hub id); the "
+        "judge picks between each pair's two summaries and its agreement with the human choice is reported",
+    )
+    p.add_argument("--pairs-split", choices=("train", "validation"), default="validation", help="--pairs split")
+    p.add_argument(
+        "--export-comparisons",
+        default=None,
+        help="with --pairs: write the judged pairs as DIR/{train,valid}.jsonl in OpenAI's comparison form, with the "
+        "judge's choice as the label (RLAIF: build_dataset.py --comparisons-source DIR)",
+    )
     p.add_argument("--out", required=True, help="judged CSV to write (atomically)")
     p.add_argument("--backend", choices=("openai", "rm", "gold"), default="openai", help="who judges")
     p.add_argument("--model", default=None, help="chat model (default gpt-3.5-turbo-0125 or $OPENAI_MODEL)")
@@ -109,6 +122,63 @@ def make_judge(args):
     )
 
 
+def pair_rows(args) -> list[dict]:
+    """One row per comparison: summary 0 in the `response` slot, summary 1 in the `reference` slot."""
+    from rlhf_repro.sources import load_comparisons
+
+    rows = []
+    for c in load_comparisons(args.pairs)[args.pairs_split][: args.limit]:
+        info = c["info"]
+        if info.get("article") is not None:
+            query = f"Article:\n{info['article']}\n\nTL;DR:"
+        else:
+            query = f"SUBREDDIT: r/{info['subreddit']}\n\nTITLE: {info['title']}\n\nPOST: {info['post']}\n\nTL;DR:"
+        rows.append(
+            {
+                "id": info.get("id"),
+                "batch": c["batch"],
+                "split": c["split"],
+                "confidence": c["extra"].get("confidence"),
+                "human_choice": c["choice"],
+                "query": query,
+                "response": c["summaries"][0]["text"],
+                "reference": c["summaries"][1]["text"],
+                "_comparison": c,
+            }
+        )
+    return rows
+
+
+def pair_summary(judged: list[dict]) -> dict:
+    """Judge-human agreement overall and by batch and confidence (pairs the judge decided)."""
+    groups: dict[str, list[float]] = {}
+    for r in judged:
+        if not r["preferred"]:
+            continue
+        agree = float((0 if r["preferred"] == "policy" else 1) == r["human_choice"])
+        for key in ("all", f"batch/{r['batch']}", f"confidence/{r['confidence']}"):
+            groups.setdefault(key, []).append(agree)
+    return {f"agreement/{k}" if k != "all" else "agreement": sum(v) / len(v) for k, v in sorted(groups.items())}
+
+
+def export_comparisons(judged: list[dict], out_dir: Path, judge_name: str) -> None:
+    from rlhf_repro.io import atomic_write_text
+
+    by_file: dict[str, list[str]] = {}
+    for r in judged:
+        if not r["preferred"]:
+            continue
+        c = dict(r["_comparison"])
+        c.pop("_where", None)
+        c["choice"] = 0 if r["preferred"] == "policy" else 1
+        c["worker"] = f"judge:{judge_name}"
+        c["extra"] = {"confidence": None}
+        name = "train" if c["split"] == "train" else "valid"
+        by_file.setdefault(name, []).append(json.dumps(c, ensure_ascii=False))
+    for name, lines in by_file.items():
+        atomic_write_text(out_dir / f"{name}.jsonl", "".join(line + "\n" for line in lines))
+
+
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
@@ -116,8 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf_repro.judge import judge_rows, summarize
 
     args = build_parser().parse_args(argv)
+    if (args.input is None) == (args.pairs is None):
+        print("error: give exactly one of --input and --pairs", file=sys.stderr)
+        return 2
     try:
-        rows = read_table(Path(args.input), args.limit, args.response_column, args.reference_column)
+        if args.pairs:
+            rows = pair_rows(args)
+        else:
+            rows = read_table(Path(args.input), args.limit, args.response_column, args.reference_column)
         judge = make_judge(args)
         concurrency = args.concurrency if args.backend == "openai" else 1
         judged = judge_rows(judge, rows, args.seed, concurrency, args.both_orders, not args.no_progress)
@@ -126,8 +202,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, pd.DataFrame(judged).to_csv(index=False))
-    summary = summarize(judged) | {"backend": args.backend, "judge": judged[0]["judge"] if judged else None}
+    judge_name = judged[0]["judge"] if judged else args.backend
+    if args.pairs and args.export_comparisons:
+        export_comparisons(judged, Path(args.export_comparisons), judge_name)
+    table = pd.DataFrame([{k: v for k, v in r.items() if k != "_comparison"} for r in judged])
+    atomic_write_text(out, table.to_csv(index=False))
+    summary = summarize(judged) | {"backend": args.backend, "judge": judge_name}
+    if args.pairs:
+        summary |= pair_summary(judged)
     atomic_write_text(Path(f"{out}.summary.json"), json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     return 0
