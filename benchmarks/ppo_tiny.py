@@ -104,7 +104,7 @@ def main() -> int:
         summary = json.loads((run / "summary.json").read_text())
         n = len(rows)
         report[name] = {
-            "seconds": round(time.time() - t0, 1) if not args.report_only else summary.get("train_seconds"),
+            "seconds": round(time.time() - t0, 1) if not args.report_only else summary.get("seconds"),
             "updates": n,
             "gold": gold,
             "response_token_len": summary["validation/ppo/response_token_len"],

@@ -10,6 +10,7 @@
     rlhf-repro dpo ...                                           experiments/dpo.py
     rlhf-repro judge --input TABLE --backend openai|rm|gold --out OUT   judge summaries vs references
     rlhf-repro analyze win-rate|length-control|calibration|agreement ...  statistics and figures
+    rlhf-repro figures RESULTS_DIR                               every report figure + report.md
     rlhf-repro quickstart [--out DIR]                            world -> datasets -> tiny base model
 
 Stage commands forward their arguments to the stage script, so `rlhf-repro pretrain --help` and
@@ -155,6 +156,12 @@ def _analyze(argv: list[str]) -> int:
     return analyze_main(argv)
 
 
+def _figures(argv: list[str]) -> int:
+    from analysis.figures import main as figures_main
+
+    return figures_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {
@@ -167,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "dpo": ("DPO and its variants on the preference pairs", lambda a: _stage("experiments.dpo", a)),
         "judge": ("judge a table of summaries against the references", lambda a: _judge(a)),
         "analyze": ("win rates, length control, calibration, agreement", lambda a: _analyze(a)),
+        "figures": ("every report figure and report.md from run folders", lambda a: _figures(a)),
         "quickstart": (
             "world -> datasets -> tiny base model, end to end",
             lambda a: _stage("rlhf_repro.quickstart", a),
