@@ -206,6 +206,64 @@ def cmd_agreement(args) -> dict:
     return {"agreement": agree / n if n else math.nan, "n": n, "wilson_low": lo, "wilson_high": hi}
 
 
+def cmd_eos(args) -> dict:
+    """Share of samples without an EOS, mean truncated length and the length histogram per table (§4.8)."""
+    out = {}
+    labels = args.label or ["/".join(Path(p).parts[-4:-1] + (Path(p).stem,)) for p in args.table]
+    if args.figure:
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, path in zip(labels, args.table):
+        rows = read_csv(path, ("response_token_len", "eos_present"))
+        lens = np.array([float(r["response_token_len"]) for r in rows])
+        eos = np.array([r["eos_present"] in ("True", "true", "1") for r in rows])
+        counts, edges = np.histogram(lens, bins=np.arange(0, lens.max() + 2) if len(lens) else 1)
+        out[label] = {
+            "n": len(rows),
+            "no_eos_fraction": float(1 - eos.mean()) if len(rows) else None,
+            "mean_tokens": float(lens.mean()) if len(rows) else None,
+            "mean_tokens_with_eos": float(lens[eos].mean()) if eos.any() else None,
+            "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
+        }
+        if args.figure:
+            ax.hist(
+                lens,
+                bins=30,
+                histtype="step",
+                density=True,
+                label=f"{label} (no EOS {out[label]['no_eos_fraction']:.1%})",
+            )
+    if args.figure:
+        ax.set_xlabel("response tokens (up to the first EOS)")
+        ax.legend(fontsize=7)
+        save_figure(fig, args.figure)
+        plt.close(fig)
+    return out
+
+
+def cmd_rouge(args) -> dict:
+    """ROUGE of each table's responses against its references: the reference's aggregation (bootstrap
+    mid per eval batch, when a `batch` column exists) and the corpus mean."""
+    from rlhf_repro import rouge
+
+    out = {}
+    for path in args.table:
+        rows = read_csv(path, ("response", "reference"))
+        scores = rouge.pair_scores([r["response"] for r in rows], [r["reference"] for r in rows])
+        batches = [int(r["batch"]) for r in rows] if rows and "batch" in rows[0] else [0] * len(rows)
+        out[path] = rouge.aggregate(scores, batches, seed=args.seed) | {"n": len(rows)}
+    return out
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rlhf-repro analyze", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -233,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--width", type=float, default=0.5, help="bin width over |margin|")
     c.add_argument("--figure", default=None, help="PNG to write (PDF beside it)")
     common(c)
+    e = sub.add_parser("eos", help="no-EOS share, mean length and length histogram of sample tables")
+    e.add_argument("--table", nargs="+", required=True, help="query_responses_*.csv table(s)")
+    e.add_argument("--label", nargs="+", default=None, help="names (default: run folder / file)")
+    e.add_argument("--figure", default=None, help="PNG of the length histograms (PDF beside it)")
+    common(e)
+    rg = sub.add_parser("rouge", help="ROUGE-1/2/L/Lsum of a table's responses against its references")
+    rg.add_argument("--table", nargs="+", required=True, help="CSV(s) with response and reference columns")
+    common(rg)
     a = sub.add_parser("agreement", help="RM vs judge agreement on a judged table with RM scores")
     a.add_argument("--judged", required=True, help="judged CSV with RM scores of response and reference")
     a.add_argument("--score-column", default="score", help="RM score of the policy's response")
@@ -246,6 +312,8 @@ COMMANDS = {
     "length-control": cmd_length_control,
     "calibration": cmd_calibration,
     "agreement": cmd_agreement,
+    "eos": cmd_eos,
+    "rouge": cmd_rouge,
 }
 
 

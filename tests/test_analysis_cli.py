@@ -129,3 +129,23 @@ def test_calibration_of_an_rm_eval_table(tmp_path):
     out = json.loads(r.stdout)["rm"]
     assert out["n"] == 200 and out["accuracy"] == pytest.approx(150 / 200)
     assert {"ece", "brier", "confidence", "width_bins", "equal_count_bins"} <= set(out) and fig.exists()
+
+
+def test_eos_and_rouge_of_sample_tables(tmp_path):
+    table = tmp_path / "query_responses_validation.csv"
+    rows = [
+        {"response": "a b c", "reference": "a b c", "response_token_len": 4, "eos_present": True, "batch": 0},
+        {"response": "a b d", "reference": "a b c", "response_token_len": 53, "eos_present": False, "batch": 0},
+    ]
+    with open(table, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    r = cli("analyze", "eos", "--table", str(table), "--label", "t", "--figure", str(tmp_path / "eos.png"))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)["t"]
+    assert out["no_eos_fraction"] == 0.5 and out["mean_tokens"] == 28.5 and out["mean_tokens_with_eos"] == 4
+    assert sum(out["histogram"]["counts"]) == 2 and (tmp_path / "eos.png").exists()
+    r = cli("analyze", "rouge", "--table", str(table))
+    corpus = json.loads(r.stdout)[str(table)]["corpus"]
+    assert corpus["rouge1"] == pytest.approx((1 + 2 / 3) / 2)  # unigram F1 of the two pairs
