@@ -156,15 +156,34 @@ def plot_length_control(out: dict, path: str) -> None:
     plt.close(fig)
 
 
+def judged_margins(path: str, score: str, reference_score: str) -> tuple[np.ndarray, np.ndarray]:
+    """§4.6's judge mode: margin = RM(policy) - RM(reference); 'correct' = the RM's preference matches
+    the judge's (rows without a verdict left out)."""
+    rows = read_csv(path, ("preferred", score, reference_score))
+    margin, correct = [], []
+    for r in rows:
+        if r["preferred"] in ("policy", "reference"):
+            m = float(r[score]) - float(r[reference_score])
+            margin.append(m)
+            correct.append(float((m > 0) == (r["preferred"] == "policy")))
+    return np.array(margin), np.array(correct)
+
+
 def cmd_calibration(args) -> dict:
     from analysis.stats import calibration
 
-    labels = args.label or [seed_of(p) for p in args.rm_eval]
+    paths = args.rm_eval or args.judged
+    if not paths:
+        raise InputError("give --rm-eval (human pairs) or --judged (RM vs judge on policy samples)")
+    labels = args.label or [seed_of(p) for p in paths]
     out = {}
-    for label, path in zip(labels, args.rm_eval):
-        rows = read_csv(path, ("chosen_reward", "rejected_reward"))
-        margin = np.array([float(r["chosen_reward"]) - float(r["rejected_reward"]) for r in rows])
-        correct = (margin > 0).astype(float)
+    for label, path in zip(labels, paths):
+        if args.rm_eval:
+            rows = read_csv(path, ("chosen_reward", "rejected_reward"))
+            margin = np.array([float(r["chosen_reward"]) - float(r["rejected_reward"]) for r in rows])
+            correct = (margin > 0).astype(float)
+        else:
+            margin, correct = judged_margins(path, args.score_column, args.reference_score_column)
         out[label] = calibration(margin, correct, width=args.width)
     if args.figure:
         import matplotlib
@@ -286,7 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--figure", default=None, help="PNG to write (PDF beside it)")
     common(lc)
     c = sub.add_parser("calibration", help="RM accuracy against |margin|: 0.5-wide and equal-count bins, ECE, Brier")
-    c.add_argument("--rm-eval", nargs="+", required=True, help="rm_eval_{split}.csv table(s) (RM or DPO)")
+    c.add_argument("--rm-eval", nargs="+", default=None, help="rm_eval_{split}.csv table(s) (RM or DPO)")
+    c.add_argument(
+        "--judged",
+        nargs="+",
+        default=None,
+        help="instead: judged PPO table(s); accuracy = RM agrees with the judge, margin = RM(policy) - RM(reference)",
+    )
+    c.add_argument("--score-column", default="score", help="--judged: RM score of the policy's response")
+    c.add_argument("--reference-score-column", default="reference_score", help="--judged: RM score of the reference")
     c.add_argument("--label", nargs="+", default=None, help="curve names (default: the run's seed)")
     c.add_argument("--width", type=float, default=0.5, help="bin width over |margin|")
     c.add_argument("--figure", default=None, help="PNG to write (PDF beside it)")

@@ -265,7 +265,7 @@ class ScoreJudge:
     def judge(self, key: str, query: str, response: str, reference: str, position: str) -> Judgement:
         s_policy, s_reference = self.scores(query, [response, reference])
         result = Judgement(preferred="", policy_position=position)
-        result.extra = {"policy_score": s_policy, "reference_score": s_reference}
+        result.extra = {"judge_policy_score": s_policy, "judge_reference_score": s_reference}
         result.raw_answer = f"{s_policy:.6g} vs {s_reference:.6g}"
         if s_policy == s_reference:
             result.guessed = True

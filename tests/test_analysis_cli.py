@@ -55,6 +55,10 @@ def test_win_rate_per_seed_and_pooled(tmp_path):
     # agreement: the RM prefers the policy exactly where the judge did
     r = cli("analyze", "agreement", "--judged", str(tmp_path / "1" / "judged.csv"))
     assert json.loads(r.stdout)["agreement"] == 1.0
+    # §4.6's judge mode: margins RM(policy) - RM(reference) = +-0.5, the RM always sides with the judge
+    r = cli("analyze", "calibration", "--judged", str(tmp_path / "1" / "judged.csv"), "--label", "ppo")
+    out = json.loads(r.stdout)["ppo"]
+    assert out["n"] == 10 and out["accuracy"] == 1.0 and out["confidence"] == "under"
 
 
 def test_bad_tables_name_the_file_row_and_field(tmp_path):

@@ -185,7 +185,7 @@ def test_gold_judge_prefers_the_summary_with_more_true_facts():
     ]
     judged = J.judge_rows(J.GoldJudge(), rows, progress=False)
     assert [r["preferred"] for r in judged] == ["policy", "reference"]
-    assert judged[0]["policy_score"] > judged[0]["reference_score"]
+    assert judged[0]["judge_policy_score"] > judged[0]["judge_reference_score"]
 
 
 def test_rm_judge_matches_the_rm_scores(tiny_reward_model):
