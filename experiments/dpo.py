@@ -58,6 +58,7 @@ from rlhf_repro.ops import forward, logprobs_from_logits, truncate_response
 from rlhf_repro.pair_eval import evaluate_pairs
 from rlhf_repro.runs import model_name_of, run_dir
 from rlhf_repro.seeding import derived_seed, local_seed
+from rlhf_repro.tables import sample_rows
 from rlhf_repro.training import RESUME_IGNORED as STAGE_RESUME_IGNORED
 from rlhf_repro.training import StageArgs, gather_objects
 
@@ -250,22 +251,7 @@ def sample_table(args: Args, accelerator, model, tokenizer, dataset, split: str)
             responses, _ = generate(
                 unwrapped, queries, pad, args.eval_response_length, args.eval_temperature, args.sampler
             )
-            postprocessed = truncate_response(responses, eos, pad)
-            texts = tokenizer.batch_decode(postprocessed, skip_special_tokens=True)
-            ref_texts = tokenizer.batch_decode(references, skip_special_tokens=True)
-            info = meta[idx.tolist()]
-            for i, row in enumerate(idx.tolist()):
-                rows.append(
-                    {
-                        "row": row,
-                        "id": info["id"][i] if "id" in info else str(row),
-                        "query": info["query"][i] if "query" in info else "",
-                        "response": texts[i],
-                        "reference": ref_texts[i],
-                        "response_token_len": int((postprocessed[i] != pad).sum()),
-                        "eos_present": bool((responses[i] == eos).any()),
-                    }
-                )
+            rows += sample_rows(tokenizer, meta, idx, truncate_response(responses, eos, pad), references)
     unwrapped.train()
     rows = sorted(gather_objects(accelerator, rows), key=lambda r: r["row"])
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS).drop(columns=["row"])

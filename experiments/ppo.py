@@ -42,6 +42,7 @@ from rlhf_repro.ops import forward, next_token_loss, trim_right_padding, truncat
 from rlhf_repro.reward_model import get_reward
 from rlhf_repro.runs import model_name_of, run_dir
 from rlhf_repro.seeding import derived_seed, local_seed
+from rlhf_repro.tables import sample_rows
 from rlhf_repro.training import RESUME_IGNORED as STAGE_RESUME_IGNORED
 from rlhf_repro.training import StageArgs, gather_objects
 
@@ -283,23 +284,9 @@ def evaluate(args: Args, accelerator, policy, score, tokenizer, dataset, split: 
             )
             postprocessed, scores = sample_and_score(args, policy, score, queries, pad, eos, args.eval_temperature)
             ref_scores = score(queries, references)
-            texts = tokenizer.batch_decode(postprocessed, skip_special_tokens=True)
-            ref_texts = tokenizer.batch_decode(references, skip_special_tokens=True)
-            info = meta[idx.tolist()]
-            for i, row in enumerate(idx.tolist()):
-                rows.append(
-                    {
-                        "row": row,
-                        "id": info["id"][i] if "id" in info else str(row),
-                        "query": info["query"][i] if "query" in info else "",
-                        "response": texts[i],
-                        "reference": ref_texts[i],
-                        "score": scores[i].item(),
-                        "reference_score": ref_scores[i].item(),
-                        "response_token_len": int((postprocessed[i] != pad).sum()),
-                        "eos_present": bool((postprocessed[i] == eos).any()),
-                    }
-                )
+            rows += sample_rows(
+                tokenizer, meta, idx, postprocessed, references, score=scores, reference_score=ref_scores
+            )
     columns = ["row", "id", "query", "response", "reference", "score", "reference_score", "response_token_len"]
     table = pd.DataFrame(
         sorted(gather_objects(accelerator, rows), key=lambda r: r["row"]), columns=[*columns, "eos_present"]

@@ -41,6 +41,7 @@ from rlhf_repro.io import InputError, atomic_directory
 from rlhf_repro.ops import forward, next_token_loss, trim_right_padding, truncate_response
 from rlhf_repro.runs import model_name_of, run_dir
 from rlhf_repro.seeding import derived_seed, local_seed
+from rlhf_repro.tables import sample_rows
 from rlhf_repro.training import RESUME_IGNORED as STAGE_RESUME_IGNORED
 from rlhf_repro.training import StageArgs, gather_objects
 
@@ -154,23 +155,8 @@ def evaluate(args: Args, accelerator, model, tokenizer, dataset, split: str) -> 
             group = int(idx[0]) // args.local_eval_batch_size
             batch_losses.append((group, next_token_loss(logits, query_references, pad).item()))
             responses, _ = generate(unwrapped, queries, pad, args.response_length, args.temperature, args.sampler)
-            postprocessed = truncate_response(responses, eos, pad)
-            texts = tokenizer.batch_decode(postprocessed, skip_special_tokens=True)
-            ref_texts = tokenizer.batch_decode(references, skip_special_tokens=True)
-            info = meta[idx.tolist()]
-            for i, row in enumerate(idx.tolist()):
-                rows.append(
-                    {
-                        "row": row,
-                        "batch": group,
-                        "id": info["id"][i] if "id" in info else str(row),
-                        "query": info["query"][i] if "query" in info else "",
-                        "response": texts[i],
-                        "reference": ref_texts[i],
-                        "response_token_len": int((postprocessed[i] != pad).sum()),
-                        "eos_present": bool((responses[i] == eos).any()),
-                    }
-                )
+            batch_rows = sample_rows(tokenizer, meta, idx, truncate_response(responses, eos, pad), references)
+            rows += [{"batch": group, **r} for r in batch_rows]
     unwrapped.train()
     rows = sorted(gather_objects(accelerator, rows), key=lambda r: r["row"])
     batch_losses = gather_objects(accelerator, batch_losses)
