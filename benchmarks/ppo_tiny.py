@@ -34,6 +34,9 @@ VARIANTS = {
     # Responses cut at 38 tokens: a third of the SFT samples (34-41 tokens long) lack an EOS there.
     "eos-38": ["--response-length", "38"],
     "eos-38-no-trick": ["--response-length", "38", "--no-non-eos-penalty"],
+    # At 34 tokens 87% of SFT samples are cut: a complete summary must drop a fact.
+    "eos-34": ["--response-length", "34"],
+    "eos-34-no-trick": ["--response-length", "34", "--no-non-eos-penalty"],
 }
 
 
