@@ -40,6 +40,56 @@ VARIANTS = {
 }
 
 
+def response_length(flags: list[str]) -> int:
+    return int(flags[flags.index("--response-length") + 1]) if "--response-length" in flags else 53
+
+
+def sft_table(args, sft_run: Path, out: Path, length: int) -> Path:
+    """The SFT model's validation samples at `length` new tokens: its own table at 53, else an
+    evaluation-only SFT run (--num-train-epochs 0) made once per length."""
+    if length == 53:
+        return sft_run / "query_responses_validation.csv"
+    run = out / f"sft-{length}" / "sft" / "tiny-m" / str(args.seed)
+    if not (run / "summary.json").exists():
+        cmd = [sys.executable, "experiments/sft.py", "--base-model", str(sft_run / "model"), "--query-dataset"]
+        cmd += [str(Path(args.quickstart) / "data" / "sft"), "--results-dir", str(out), "--experiment", f"sft-{length}"]
+        cmd += ["--model-name", "tiny-m", "--seed", str(args.seed), "--no-progress", "--num-train-epochs", "0"]
+        cmd += [
+            "--run-eval",
+            "--response-length",
+            str(length),
+            "--max-eval-samples",
+            "500",
+            "--local-eval-batch-size",
+            "64",
+        ]
+        print("$ " + " ".join(cmd), flush=True)
+        subprocess.run(cmd, cwd=REPO, check=True)
+    return run / "query_responses_validation.csv"
+
+
+def gold_vs(policy_table: Path, other_table: Path, seed: int) -> dict:
+    """Gold-judge win rate of a policy against another policy's samples on the same queries (ties: a
+    seeded coin flip), with its Wilson interval; and the other policy's mean gold score."""
+    from analysis.stats import wilson_interval
+    from rlhf_repro.judge import GoldJudge, judge_rows
+    from rlhf_repro.judge_cli import align_against, read_table
+
+    rows = align_against(read_table(policy_table, None), read_table(other_table, None), str(other_table))
+    judged = judge_rows(GoldJudge(seed), rows, seed=seed, progress=False)
+    wins = sum(r["preferred"] == "policy" for r in judged)
+    lo, hi = wilson_interval(wins, len(judged))
+    other_gold = sum(r["judge_reference_score"] for r in judged) / max(1, len(judged))
+    return {
+        "win_rate": wins / max(1, len(judged)),
+        "wilson_low": lo,
+        "wilson_high": hi,
+        "n": len(judged),
+        "ties": sum(bool(r["guessed"]) for r in judged),
+        "sft_gold": other_gold,
+    }
+
+
 def window(rows: list[dict], key: str, n: int) -> dict:
     values = [r[key] for r in rows]
     return {"first": sum(values[:n]) / len(values[:n]), "last": sum(values[-n:]) / len(values[-n:])}
@@ -123,6 +173,12 @@ def main() -> int:
                 for k in ("time/ppo/generate", "time/ppo/score", "time/ppo/rollout", "time/ppo/train")
             },
             "episodes_per_second": rows[-1]["ppo/eps"],
+            # Head to head against the SFT model sampled with the same token budget, judged by gold.
+            "gold_vs_sft": gold_vs(
+                run / "query_responses_validation.csv",
+                sft_table(args, sft_run, out, response_length(VARIANTS[name])),
+                args.seed,
+            ),
         }
     # The SFT model on the same validation rows (its table covers the whole split).
     import csv
@@ -137,18 +193,20 @@ def main() -> int:
     report["sft"] = {"gold_win_rate": sft_win, "gold_response": sft_gold, "rows": len(rows)}
     (out / "ppo_tiny.json").write_text(json.dumps(report, indent=2) + "\n")
 
-    header = ["run", "gold win rate vs reference", "gold score", "tokens", "no-EOS, training (first -> last)"]
+    header = ["run", "gold win rate vs reference", "gold score", "gold win rate vs SFT (same budget; SFT's gold)"]
+    header += ["tokens", "no-EOS, training (first -> last)"]
     header += ["no-EOS, final eval"]
     header += ["KL (first -> last)", "s/update (gen / score / train)", "episodes/s"]
     print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    print(f"| SFT | {sft_win:.3f} | {sft_gold:.2f} | | | | | | |")
+    print(f"| SFT (53 tokens) | {sft_win:.3f} | {sft_gold:.2f} | | | | | | | |")
     for name in args.variants:
         r = report[name]
-        s, no_eos, kl = r["seconds_per_update"], r["no_eos_fraction"], r["kl"]
+        s, no_eos, kl, v = r["seconds_per_update"], r["no_eos_fraction"], r["kl"], r["gold_vs_sft"]
         cells = [
             f"PPO {name}",
             f"{r['gold']['win_rate_vs_reference']:.3f}",
             f"{r['gold']['gold_response']:.2f}",
+            f"{v['win_rate']:.3f} [{v['wilson_low']:.3f}, {v['wilson_high']:.3f}] (SFT {v['sft_gold']:.2f})",
             f"{r['response_token_len']:.1f}",
             f"{no_eos['first']:.2f} -> {no_eos['last']:.2f}",
             f"{r['no_eos_fraction_eval']:.3f}",

@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--both-orders", action="store_true", help="judge each pair twice (A/B swapped): position bias")
     p.add_argument("--reward-model", default=None, help="--backend rm: the RM directory (reward.py's RUN/model)")
     p.add_argument("--limit", type=int, default=None, help="judge only the first N rows")
+    p.add_argument(
+        "--against",
+        default=None,
+        help="judge against another policy instead of the references: a second table whose `response` replaces "
+        "the reference, aligned by query text (duplicate queries dropped), as the reference's policy-vs-SFT eval",
+    )
     p.add_argument("--response-column", default="response", help="column holding the policy's summary")
     p.add_argument("--reference-column", default="reference", help="column holding the reference summary")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -120,6 +126,22 @@ def make_judge(args):
         prices=prices,
         judge_seed=args.seed,
     )
+
+
+def align_against(rows: list[dict], other: list[dict], other_path: str) -> list[dict]:
+    """Rows whose query also appears in `other`, with the other policy's response as the `reference`
+    (the human reference kept as `human_reference`); each query judged once (§4.2, policy vs SFT)."""
+    theirs: dict[str, str] = {}
+    for row in other:
+        theirs.setdefault(row["query"], row["response"])
+    out, seen = [], set()
+    for row in rows:
+        if row["query"] in theirs and row["query"] not in seen:
+            seen.add(row["query"])
+            out.append({**row, "human_reference": row["reference"], "reference": theirs[row["query"]]})
+    if not out:
+        raise InputError("no query in common with the --input table", other_path, field="query")
+    return out
 
 
 def pair_rows(args) -> list[dict]:
@@ -193,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.pairs:
             rows = pair_rows(args)
         else:
-            rows = read_table(Path(args.input), args.limit, args.response_column, args.reference_column)
+            rows = read_table(Path(args.input), None, args.response_column, args.reference_column)
+            if args.against:
+                rows = align_against(rows, read_table(Path(args.against), None), args.against)
+            rows = rows[: args.limit] if args.limit else rows
         judge = make_judge(args)
         concurrency = args.concurrency if args.backend == "openai" else 1
         judged = judge_rows(judge, rows, args.seed, concurrency, args.both_orders, not args.no_progress)

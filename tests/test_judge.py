@@ -269,3 +269,19 @@ def test_pairs_mode_reports_judge_human_agreement_and_exports_ai_labels(small_wo
     assert [c["choice"] for c in ai] == [0 if j["preferred"] == "policy" else 1 for j in judged]
     r = run_cmd([sys.executable, "-m", "rlhf_repro.cli", "judge", "--backend", "gold", "--out", str(out)])
     assert r.returncode == 2 and "--input" in r.stderr
+
+
+def test_against_judges_one_policy_against_another_on_shared_queries(tmp_path):
+    from rlhf_repro.judge_cli import align_against
+
+    mine = [dict(r) for r in ROWS[:4]] + [dict(ROWS[0])]  # a duplicated query is judged once
+    theirs = [
+        {"query": r["query"], "response": f" sft {i}", "reference": r["reference"]} for i, r in enumerate(ROWS[1:6])
+    ]
+    rows = align_against(mine, theirs, "sft.csv")
+    assert [r["reference"] for r in rows] == [" sft 0", " sft 1", " sft 2"]  # ROWS[1..3]; ROWS[0] not shared
+    assert rows[0]["human_reference"] == ROWS[1]["reference"]
+    from rlhf_repro.io import InputError
+
+    with pytest.raises(InputError, match="no query in common"):
+        align_against(mine, [{"query": "other", "response": "x", "reference": "y"}], "sft.csv")
