@@ -106,6 +106,7 @@ def test_dpo_logs_reference_names_and_writes_rm_format_tables(default_run, tiny_
         ("cdpo", ("--label-smoothing", "0.2"), math.log(2)),
         ("ipo", (), 100.0),  # (0 - 1/(2 * 0.05))^2 at h = 0
         ("ipo_avg", (), 100.0),
+        ("ipo", ("--beta", "0.5"), 1.0),  # --beta reaches the loss: (1/(2 * 0.5))^2
         ("reference_free", (), None),  # h = log pi_c - log pi_r: not 0 at the start
     ],
 )

@@ -285,3 +285,19 @@ def test_against_judges_one_policy_against_another_on_shared_queries(tmp_path):
 
     with pytest.raises(InputError, match="no query in common"):
         align_against(mine, [{"query": "other", "response": "x", "reference": "y"}], "sft.csv")
+
+
+def test_temperature_seed_and_a_custom_template_reach_the_request(server, tmp_path):
+    template = tmp_path / "t.txt"
+    template.write_text("MY TEMPLATE {post} || {summary_a} || {summary_b}")
+    judge = make(server, tmp_path, temperature=0.3, seed=7, template=J.load_template(template))
+    J.judge_rows(judge, ROWS[:1], progress=False)
+    body = server.prompts[0]
+    assert body["temperature"] == 0.3 and body["seed"] == 7
+    assert body["messages"][1]["content"].startswith("MY TEMPLATE SUBREDDIT: r/x")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("no placeholders")
+    from rlhf_repro.io import InputError
+
+    with pytest.raises(InputError, match="placeholder {post}"):
+        J.load_template(bad)
