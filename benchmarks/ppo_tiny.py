@@ -68,7 +68,7 @@ def sft_table(args, sft_run: Path, out: Path, length: int) -> Path:
     return run / "query_responses_validation.csv"
 
 
-def gold_vs(policy_table: Path, other_table: Path, seed: int) -> dict:
+def gold_vs(policy_table: Path, other_table: Path, seed: int, posts: dict[str, str]) -> dict:
     """Gold-judge win rate of a policy against another policy's samples on the same queries (ties: a
     seeded coin flip), with its Wilson interval; and the other policy's mean gold score."""
     from analysis.stats import wilson_interval
@@ -76,7 +76,7 @@ def gold_vs(policy_table: Path, other_table: Path, seed: int) -> dict:
     from rlhf_repro.judge_cli import align_against, read_table
 
     rows = align_against(read_table(policy_table, None), read_table(other_table, None), str(other_table))
-    judged = judge_rows(GoldJudge(seed), rows, seed=seed, progress=False)
+    judged = judge_rows(GoldJudge(seed, posts), rows, seed=seed, progress=False)
     wins = sum(r["preferred"] == "policy" for r in judged)
     lo, hi = wilson_interval(wins, len(judged))
     other_gold = sum(r["judge_reference_score"] for r in judged) / max(1, len(judged))
@@ -178,6 +178,7 @@ def main() -> int:
                 run / "query_responses_validation.csv",
                 sft_table(args, sft_run, out, response_length(VARIANTS[name])),
                 args.seed,
+                posts,
             ),
         }
     # The SFT model on the same validation rows (its table covers the whole split).

@@ -259,11 +259,13 @@ class ScoreJudge:
     def __init__(self, judge_seed: int = 0):
         self.judge_seed = judge_seed
 
-    def scores(self, query: str, texts: list[str]) -> list[float]:
+    def scores(self, query: str, texts: list[str], row_id: str | None = None) -> list[float]:
         raise NotImplementedError
 
-    def judge(self, key: str, query: str, response: str, reference: str, position: str) -> Judgement:
-        s_policy, s_reference = self.scores(query, [response, reference])
+    def judge(
+        self, key: str, query: str, response: str, reference: str, position: str, row_id: str | None = None
+    ) -> Judgement:
+        s_policy, s_reference = self.scores(query, [response, reference], row_id)
         result = Judgement(preferred="", policy_position=position)
         result.extra = {"judge_policy_score": s_policy, "judge_reference_score": s_reference}
         result.raw_answer = f"{s_policy:.6g} vs {s_reference:.6g}"
@@ -276,15 +278,21 @@ class ScoreJudge:
 
 
 class GoldJudge(ScoreJudge):
-    """The simulated world's gold labeler (noiseless). The post is read from the query's POST section."""
+    """The simulated world's gold labeler (noiseless). The post is the query's POST section, or, given
+    `posts` (id -> full post, `sim.evaluate.world_posts`), the full post of the row's id: a query may
+    hold a post cut to fit the token budget."""
 
     name = "gold"
 
-    def scores(self, query: str, texts: list[str]) -> list[float]:
+    def __init__(self, judge_seed: int = 0, posts: dict[str, str] | None = None):
+        super().__init__(judge_seed)
+        self.posts = posts or {}
+
+    def scores(self, query: str, texts: list[str], row_id: str | None = None) -> list[float]:
         from rlhf_repro.sim.evaluate import post_from_query
         from rlhf_repro.sim.labeler import gold_score
 
-        post = post_from_query(query)
+        post = self.posts.get(row_id or "") or post_from_query(query)
         return [gold_score(post, t.strip()) for t in texts]
 
 
@@ -305,7 +313,7 @@ class RewardModelJudge(ScoreJudge):
         self.tokenizer = load_tokenizer(path)
         self.device = device
 
-    def scores(self, query: str, texts: list[str]) -> list[float]:
+    def scores(self, query: str, texts: list[str], row_id: str | None = None) -> list[float]:
         torch, tok = self.torch, self.tokenizer
         pad, eos = tok.pad_token_id, tok.eos_token_id
         q = tok.encode(query.replace("[PAD]", "").strip(), add_special_tokens=False)
@@ -339,7 +347,8 @@ def judge_rows(
         row = rows[i]
         key = f"{i}:{row['query']}:{row['response']}"
         position = row_position(seed, key)
-        j = judge.judge(key, row["query"], row["response"], row["reference"], position)
+        extra = {"row_id": row.get("id")} if isinstance(judge, ScoreJudge) else {}
+        j = judge.judge(key, row["query"], row["response"], row["reference"], position, **extra)
         out = dict(row)
         out.update(
             preferred=j.preferred,
@@ -358,7 +367,12 @@ def judge_rows(
         )
         if both_orders:
             swapped = judge.judge(
-                key + ":swapped", row["query"], row["response"], row["reference"], "B" if position == "A" else "A"
+                key + ":swapped",
+                row["query"],
+                row["response"],
+                row["reference"],
+                "B" if position == "A" else "A",
+                **extra,
             )
             out["preferred_swapped"] = swapped.preferred
             out["raw_answer_swapped"] = swapped.raw_answer

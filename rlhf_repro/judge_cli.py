@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--price-prompt", type=float, default=None, help="USD per 1M prompt tokens (default: known models)")
     p.add_argument("--price-completion", type=float, default=None, help="USD per 1M completion tokens")
     p.add_argument("--both-orders", action="store_true", help="judge each pair twice (A/B swapped): position bias")
+    p.add_argument(
+        "--world", default=None, help="--backend gold: a sim world directory; full posts looked up by the row's id"
+    )
     p.add_argument("--reward-model", default=None, help="--backend rm: the RM directory (reward.py's RUN/model)")
     p.add_argument("--limit", type=int, default=None, help="judge only the first N rows")
     p.add_argument(
@@ -102,7 +105,12 @@ def make_judge(args):
     from rlhf_repro import judge as J
 
     if args.backend == "gold":
-        return J.GoldJudge(args.seed)
+        posts = None
+        if args.world:
+            from rlhf_repro.sim.evaluate import world_posts
+
+            posts = world_posts(args.world)
+        return J.GoldJudge(args.seed, posts)
     if args.backend == "rm":
         if not args.reward_model:
             raise InputError("--backend rm needs --reward-model")

@@ -301,3 +301,15 @@ def test_temperature_seed_and_a_custom_template_reach_the_request(server, tmp_pa
 
     with pytest.raises(InputError, match="placeholder {post}"):
         J.load_template(bad)
+
+
+def test_gold_judge_reads_the_full_post_by_id_when_given_the_world():
+    full = "I (24 M) have been with my girlfriend (23 F) for 2 years.\n\nShe forgot my birthday."
+    query = "SUBREDDIT: r/x\n\nTITLE: t\n\nPOST: I (24 M) have been with my girlfriend (23 F).\n\nTL;DR:"  # cut
+    summary = " I (24 M) and my girlfriend (23 F) of 2 years."
+    cut = J.GoldJudge().scores(query, [summary])[0]
+    whole = J.GoldJudge(posts={"t3_x": full}).scores(query, [summary], "t3_x")[0]
+    assert whole == cut + 1.0  # the duration is covered only in the full post
+    row = {"id": "t3_x", "query": query, "response": summary, "reference": " I (24 M)."}
+    judged = J.judge_rows(J.GoldJudge(posts={"t3_x": full}), [row], progress=False)
+    assert judged[0]["judge_policy_score"] == whole
