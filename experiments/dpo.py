@@ -272,10 +272,9 @@ def main(args: Args) -> dict:
         StageRun,
         batch_geometry,
         check_finite,
-        crash_point,
+        checkpoint_if_due,
         load_training_state,
         make_optimizer,
-        save_training_state,
         setup_stage,
     )
 
@@ -429,10 +428,7 @@ def main(args: Args) -> dict:
             step=done,
         )
         bar.set_postfix(loss=f"{mean[0]:.3f}", acc=f"{mean[1]:.2f}")
-        if done == num_updates or (args.save_every and done % args.save_every == 0):
-            extra = {"metrics_lines": run.lines}
-            save_training_state(accelerator, ckpt, done, policy, optimizer, scheduler, resume_config, extra)
-            crash_point(done)
+        checkpoint_if_due(args, accelerator, run, ckpt, done, num_updates, policy, optimizer, scheduler, resume_config)
     bar.close()
     summary: dict = {
         "model_name": model_name,

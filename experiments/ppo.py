@@ -310,10 +310,10 @@ def main(args: Args) -> dict:
     from rlhf_repro.training import (
         StageRun,
         check_finite,
+        checkpoint_if_due,
         crash_point,
         load_training_state,
         make_optimizer,
-        save_training_state,
         setup_stage,
     )
 
@@ -669,18 +669,9 @@ def main(args: Args) -> dict:
                 )
             )
             run.write_table(f"samples/validation_update_{done}.csv", samples)
-        if done == num_updates or (args.save_every and done % args.save_every == 0):
-            save_training_state(
-                accelerator,
-                ckpt,
-                done,
-                model,
-                optimizer,
-                None,
-                resume_config,
-                {"metrics_lines": run.lines, "kl_coef": kl_ctl.value},
-            )
-            crash_point(done)
+        checkpoint_if_due(
+            args, accelerator, run, ckpt, done, num_updates, model, optimizer, None, resume_config, kl_coef=kl_ctl.value
+        )
     bar.close()
     summary: dict = {"model_name": model_name, **derived, "train_seconds": round(time.time() - t_train, 2)}
 

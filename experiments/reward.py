@@ -245,10 +245,10 @@ def main(args: Args) -> dict:
         StageRun,
         batch_geometry,
         check_finite,
+        checkpoint_if_due,
         crash_point,
         load_training_state,
         make_optimizer,
-        save_training_state,
         setup_stage,
     )
 
@@ -374,10 +374,7 @@ def main(args: Args) -> dict:
             step=done,
         )
         bar.set_postfix(loss=f"{mean[0]:.3f}", acc=f"{mean[1]:.2f}")
-        if done == num_updates or (args.save_every and done % args.save_every == 0):
-            extra = {"metrics_lines": run.lines}
-            save_training_state(accelerator, ckpt, done, model, optimizer, scheduler, resume_config, extra)
-            crash_point(done)
+        checkpoint_if_due(args, accelerator, run, ckpt, done, num_updates, model, optimizer, scheduler, resume_config)
     bar.close()
     seen = {int(r) for p in range(world) for r in rows_seen(shuffled_order(args, p, len(train), episodes), derived, p)}
     summary: dict = {

@@ -183,10 +183,10 @@ def main(args: Args) -> dict:
         StageRun,
         batch_geometry,
         check_finite,
+        checkpoint_if_due,
         crash_point,
         load_training_state,
         make_optimizer,
-        save_training_state,
         setup_stage,
     )
 
@@ -318,10 +318,7 @@ def main(args: Args) -> dict:
             step=done,
         )
         bar.set_postfix(loss=f"{loss_value:.3f}")
-        if done == num_updates or (args.save_every and done % args.save_every == 0):
-            extra = {"metrics_lines": run.lines}
-            save_training_state(accelerator, ckpt, done, model, optimizer, scheduler, resume_config, extra)
-            crash_point(done)
+        checkpoint_if_due(args, accelerator, run, ckpt, done, num_updates, model, optimizer, scheduler, resume_config)
     bar.close()
     summary["train_seconds"] = round(time.time() - t_train, 2)
     summary["final_train_loss"] = loss_value

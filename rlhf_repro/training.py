@@ -292,6 +292,18 @@ def gather_objects(accelerator, objects: list) -> list:
 CRASH_ENV = "RLHF_REPRO_CRASH_AT"
 
 
+def checkpoint_if_due(
+    args, accelerator, run, ckpt: Path, done: int, num_updates: int, model, optimizer, scheduler, config, **extra
+) -> None:
+    """Every stage's end of update: checkpoint after the last update and every --save-every updates
+    (with the metrics lines written so far and any `extra` state), then the test hook `crash_point`."""
+    if done == num_updates or (args.save_every and done % args.save_every == 0):
+        save_training_state(
+            accelerator, ckpt, done, model, optimizer, scheduler, config, {"metrics_lines": run.lines, **extra}
+        )
+        crash_point(done)
+
+
 def crash_point(where: int | str) -> None:
     """Fault injection for resume tests: exit abruptly (code 17, nothing flushed or cleaned up, like a
     kill) when RLHF_REPRO_CRASH_AT names this point: an update number (right after its checkpoint) or
