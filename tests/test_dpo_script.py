@@ -153,3 +153,20 @@ def test_dpo_resumes_bit_identical_after_a_crash(small_datasets, tiny_base_model
         return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
 
     assert strip(run_ok(small_datasets, tiny_base_model, tmp_path)) == strip(default_run[1])
+
+
+def test_dropout_eval_temperature_and_splits_switches(small_datasets, tiny_base_model, tmp_path):
+    # Dropout on: the policy's forward no longer matches the reference's at update 1.
+    row = train_rows(run_ok(small_datasets, tiny_base_model, tmp_path / "drop", "--dropout", "0.3"))[0]
+    assert row["train/rm/reward_margin"] != 0.0
+    flags = ("--run-eval", "--max-eval-samples", "6", "--eval-response-length", "12", "--num-train-epochs", "0")
+    run_ok(small_datasets, tiny_base_model, tmp_path / "cold", *flags, "--eval-splits", "validation", "test")
+    hot = tmp_path / "hot"
+    run_ok(small_datasets, tiny_base_model, hot, *flags, "--eval-temperature", "5.0")
+
+    def responses(root, split="validation"):
+        with open(root / "t" / "dpo" / "tiny" / "1" / f"query_responses_{split}.csv", newline="") as f:
+            return [r["response"] for r in csv.DictReader(f)]
+
+    assert len(responses(tmp_path / "cold", "test")) == 6  # --eval-splits adds the test split's table
+    assert responses(hot) != responses(tmp_path / "cold")  # T = 5 samples differ from near-greedy ones

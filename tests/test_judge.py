@@ -47,7 +47,7 @@ class ChatServer:
     per request (then `default`): an int status code, ("sleep", seconds), or an answer string."""
 
     def __init__(self, default=GOOD_A):
-        self.script, self.default, self.requests, self.prompts = [], default, 0, []
+        self.script, self.default, self.requests, self.prompts, self.auth = [], default, 0, [], []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -59,6 +59,7 @@ class ChatServer:
                 with lock:
                     server.requests += 1
                     server.prompts.append(body)
+                    server.auth.append(self.headers.get("Authorization"))
                     action = server.script.pop(0) if server.script else server.default
                 if isinstance(action, tuple):
                     time.sleep(action[1])
@@ -313,3 +314,23 @@ def test_gold_judge_reads_the_full_post_by_id_when_given_the_world():
     row = {"id": "t3_x", "query": query, "response": summary, "reference": " I (24 M)."}
     judged = J.judge_rows(J.GoldJudge(posts={"t3_x": full}), [row], progress=False)
     assert judged[0]["judge_policy_score"] == whole
+
+
+def test_judge_cli_passes_server_key_prices_and_cache_to_the_backend(server, tmp_path):
+    table = tmp_path / "in.csv"
+    with open(table, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["query", "response", "reference"])
+        w.writeheader()
+        w.writerows(ROWS[:3])
+    out, cache = tmp_path / "judged.csv", tmp_path / "c.jsonl"
+    args = ["judge", "--input", str(table), "--out", str(out), "--base-url", server.url, "--api-key-env", "MY_KEY"]
+    args += ["--model", "local-model", "--price-prompt", "1", "--price-completion", "2", "--cache", str(cache)]
+    args += ["--concurrency", "2", "--no-progress"]
+    r = run_cmd([sys.executable, "-m", "rlhf_repro.cli", *args], env={"MY_KEY": "secret"})
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["judge"] == "local-model" and summary["cost_usd"] == pytest.approx(3 * (100 * 1 + 10 * 2) / 1e6)
+    assert server.requests == 3 and cache.exists() and all(p["model"] == "local-model" for p in server.prompts)
+    assert server.auth == ["Bearer secret"] * 3  # the key from --api-key-env
+    r = run_cmd([sys.executable, "-m", "rlhf_repro.cli", *args], env={"MY_KEY": "secret"})
+    assert r.returncode == 0 and server.requests == 3  # every answer came from --cache

@@ -332,5 +332,7 @@ def test_ppo_with_the_gold_reward(small_datasets, eos_prone_model, tmp_path):
     flags = ("--reward-source", "gold", "--value-init", "sft", "--no-non-eos-penalty")
     rows = run_ok(small_datasets, eos_prone_model, "", tmp_path, *flags)
     assert all(r["objective/raw_scores"] <= 8 for r in rows)  # gold scores, max 8
+    zero = run_ok(small_datasets, eos_prone_model, "", tmp_path / "zero", *flags, "--gold-reward-scale", "0")
+    assert all(r["objective/raw_scores"] == 0 for r in zero)  # the scale multiplies the gold score
     r = ppo(small_datasets, eos_prone_model, "", tmp_path / "x", "--reward-source", "gold")
     assert r.returncode == 2 and "--value-init" in r.stderr
