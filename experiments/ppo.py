@@ -200,6 +200,15 @@ DETAIL_FLAGS = (
     "dropout",
     "ptx_coef",
     "reward_source",
+    "ppo.noptepochs",
+    "ppo.cliprange",
+    "ppo.cliprange_value",
+    "ppo.vf_coef",
+    "ppo.gamma",
+    "ppo.lam",
+    "ppo.whiten_rewards",
+    "ppo.kl_coef",
+    "ppo.kl_ctl",
 )
 RESUME_IGNORED = (*STAGE_RESUME_IGNORED, "run_eval", "max_eval_samples", "sample_every")
 

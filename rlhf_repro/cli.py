@@ -11,7 +11,11 @@
     rlhf-repro judge --input TABLE --backend openai|rm|gold --out OUT   judge summaries vs references
     rlhf-repro analyze win-rate|length-control|calibration|agreement ...  statistics and figures
     rlhf-repro figures RESULTS_DIR                               every report figure + report.md
-    rlhf-repro quickstart [--out DIR]                            world -> datasets -> tiny base model
+    rlhf-repro list                                              presets and named experiments
+    rlhf-repro reproduce EXPERIMENT [--preset P] [--launcher local|accelerate|slurm] [--dry-run]
+    rlhf-repro compare RESULTS_DIR                               ablation table (mean +- CI over seeds)
+    rlhf-repro claims RESULTS_DIR --experiment E                 the paper's claims, PASS/FAIL with numbers
+    rlhf-repro quickstart [--out DIR]                            reproduce quickstart --preset tiny
 
 Stage commands forward their arguments to the stage script, so `rlhf-repro pretrain --help` and
 `python experiments/pretrain.py --help` print the same flags.
@@ -144,6 +148,12 @@ def _stage(module: str, argv: list[str]) -> int:
     return importlib.import_module(module).cli(argv)
 
 
+def _call(module: str, fn: str, argv: list[str]) -> int:
+    import importlib
+
+    return getattr(importlib.import_module(module), fn)(argv)
+
+
 def _judge(argv: list[str]) -> int:
     from rlhf_repro.judge_cli import main as judge_main
 
@@ -175,8 +185,18 @@ def main(argv: list[str] | None = None) -> int:
         "judge": ("judge a table of summaries against the references", lambda a: _judge(a)),
         "analyze": ("win rates, length control, calibration, agreement", lambda a: _analyze(a)),
         "figures": ("every report figure and report.md from run folders", lambda a: _figures(a)),
+        "list": ("presets and named experiments", lambda a: _call("rlhf_repro.reproduce", "list_main", a)),
+        "reproduce": (
+            "run a named experiment: local, accelerate or slurm",
+            lambda a: _call("rlhf_repro.reproduce", "main", a),
+        ),
+        "compare": ("ablation table over seeds (CSV + Markdown)", lambda a: _call("analysis.compare", "main", a)),
+        "claims": (
+            "check the paper's qualitative claims on run folders",
+            lambda a: _call("analysis.claims", "main", a),
+        ),
         "quickstart": (
-            "world -> datasets -> tiny base model, end to end",
+            "the simulated world end to end: = reproduce quickstart --preset tiny",
             lambda a: _stage("rlhf_repro.quickstart", a),
         ),
     }

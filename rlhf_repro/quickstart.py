@@ -1,8 +1,14 @@
-"""`rlhf-repro quickstart`: the simulated world end to end on this machine, in a few minutes.
+"""`rlhf-repro quickstart`: the simulated TL;DR world end to end on this machine, about 11 minutes on 2 cores.
 
-Today it runs what exists: world -> processed datasets -> tiny pretrained base model. Later stages
-(SFT, RM, PPO, DPO, judging) join as they land. Every step is the same code a paper run uses; only
-the sources and sizes differ.
+It is `rlhf-repro reproduce quickstart --preset tiny --jobs 2`: world -> datasets -> tiny base model ->
+SFT -> RM -> PPO (and PPO without the EOS trick) and DPO -> gold judge -> figures -> the paper's claims,
+checked on its own results and printed as PASS/FAIL with their numbers. Every step is the same code a
+paper run uses; only the sources and sizes differ. Rerunning skips finished stages (and resumes a
+killed one).
+
+Writes under --out: world/, data/, base/ (the pretrained tiny model), logs/, and results/ with the run
+folders (results/quickstart/<stage>/tiny-m/<seed>/), results/report/ (figures + report.md) and
+results/quickstart/{claims.json, claims.md, summary.json}.
 """
 
 from __future__ import annotations
@@ -18,107 +24,41 @@ def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="rlhf-repro quickstart", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", default="runs/quickstart", help="folder for world/, data/ and results/")
-    parser.add_argument("--seed", type=int, default=1, help="world and training seed")
-    parser.add_argument("--n-posts", type=int, default=20000, help="posts in the simulated world")
-    parser.add_argument("--model-preset", default="tiny-m", help="base model size (tiny-s, tiny-m, tiny-l)")
-    parser.add_argument("--pretrain-steps", type=int, default=300, help="pretraining optimizer steps")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
+    parser.add_argument("--out", default="runs/quickstart", help="folder for world/, data/, base/ and results/")
+    parser.add_argument("--seed", type=int, default=1, help="training seed of SFT, RM, PPO and DPO")
+    parser.add_argument("--size", default="tiny-m", help="base model size (tiny-s, tiny-m, tiny-l)")
+    parser.add_argument("--jobs", type=int, default=2, help="stages run at once when their inputs are ready")
+    parser.add_argument("--dry-run", action="store_true", help="print the stage commands without running them")
+    parser.add_argument("--track", action="store_true", help="log the training stages to W&B")
     args = parser.parse_args(argv)
 
-    from rlhf_repro.presets import TINY_DATASET_FLAGS
+    from rlhf_repro.reproduce import main as reproduce
 
-    out = Path(args.out)
-    world, data, results = out / "world", out / "data", out / "results"
-    steps = [
-        (
-            "world",
-            "rlhf_repro.cli",
-            [
-                "sim",
-                "generate",
-                "--out",
-                str(world),
-                "--seed",
-                str(args.seed),
-                "--n-posts",
-                str(args.n_posts),
-                "--no-progress",
-            ],
-        ),
-        (
-            "datasets",
-            "experiments.build_dataset",
-            [
-                "--tldr-source",
-                str(world / "tldr"),
-                "--comparisons-source",
-                str(world / "comparisons"),
-                "--tokenizer",
-                str(world / "tokenizer"),
-                "--output-dir",
-                str(data),
-                "--no-progress",
-                *TINY_DATASET_FLAGS,
-            ],
-        ),
-        (
-            "pretrain",
-            "experiments.pretrain",
-            [
-                "--data",
-                str(world),
-                "--model-preset",
-                args.model_preset,
-                "--steps",
-                str(args.pretrain_steps),
-                "--seed",
-                str(args.seed),
-                "--results-dir",
-                str(results),
-                "--experiment",
-                "quickstart",
-                "--no-progress",
-            ],
-        ),
-    ]
+    forward = ["quickstart", "--preset", "tiny", "--out", args.out, "--seeds", str(args.seed)]
+    forward += ["--sizes", args.size, "--jobs", str(args.jobs)] + (["--track"] if args.track else [])
     if args.dry_run:
-        for name, module, step_args in steps:
-            print(f"[{name}] python -m {module} {' '.join(step_args)}")
-        return 0
-    import importlib
-
-    timings = {}
-    for name, module, step_args in steps:
-        print(f"== {name} ==", flush=True)
-        t0 = time.time()
-        mod = importlib.import_module(module)
-        rc = mod.main(step_args) if module == "rlhf_repro.cli" else mod.cli(step_args)
-        if rc:
-            print(f"quickstart: step {name!r} failed (exit {rc})", file=sys.stderr)
-            return rc
-        timings[name] = round(time.time() - t0, 1)
-
-    world_info = json.loads((world / "world.json").read_text())
-    build = json.loads((data / "build_summary.json").read_text())
-    pre = json.loads(
-        next((results / "quickstart" / "pretrain").glob(f"{args.model_preset}/*/summary.json")).read_text()
-    )
+        return reproduce(forward + ["--dry-run"])
+    t0 = time.time()
+    rc = reproduce(forward)
+    if rc:
+        return rc
+    results = Path(args.out) / "results"
+    summary = json.loads((results / "quickstart" / "summary.json").read_text())
+    claims = json.loads((results / "quickstart" / "claims.json").read_text())
     print("\n== quickstart summary ==")
+    win = summary["gold_win_rate"]
+    print(f"ROUGE-L (validation)     base {summary['base_rougeL']}  ->  SFT {summary['sft_rougeL']}")
     print(
-        f"world        {world}: {world_info['sizes']['tldr/train']} train posts, "
-        f"gold labeler accuracy {world_info['gold_accuracy_validation']['all']['accuracy']:.3f} on validation "
-        f"comparisons ({timings['world']} s)"
+        f"RM accuracy              {summary['rm_accuracy']} (gold labeler ceiling {summary['gold_ceiling_accuracy']}; "
+        f"news {summary['rm_accuracy_ood']}); DPO implicit {summary['dpo_implicit_accuracy']}"
     )
-    print(
-        f"datasets     {data}: sft train {build['sft']['train']['rows']} rows, preference train "
-        f"{build['preference']['train']['rows']} / validation {build['preference']['validation']['rows']} / "
-        f"validation_cnndm {build['preference']['validation_cnndm']['rows']} ({timings['datasets']} s)"
-    )
-    print(
-        f"base model   {pre['model_dir']}: {pre['parameters']:,} parameters, validation loss "
-        f"{pre['val_loss_before']:.3f} -> {pre['val_loss_after']:.3f} ({timings['pretrain']} s)"
-    )
+    print("gold win rate vs refs    " + ", ".join(f"{k} {v}" for k, v in win.items()))
+    print("gold score per summary   " + ", ".join(f"{k} {v}" for k, v in summary["gold_score"].items()))
+    print("no-EOS share of rollouts " + ", ".join(f"{k} {v}" for k, v in summary["no_eos_fraction"].items()))
+    print("mean response tokens     " + ", ".join(f"{k} {v}" for k, v in summary["mean_response_length"].items()))
+    print(f"claims                   {sum(c['passed'] for c in claims)}/{len(claims)} pass (claims.md)")
+    print(f"figures                  {results / 'report'}")
+    print(f"quickstart finished in {time.time() - t0:.0f} s")
     return 0
 
 

@@ -228,8 +228,15 @@ class StageRun:
 
 def changed_details(args, fields: tuple[str, ...]) -> list[str]:
     """`field=value` for each listed detail flag that differs from the paper's default (W&B tags)."""
+    import operator
+
     defaults = type(args)()
-    return [f"{f}={getattr(args, f)}" for f in fields if getattr(args, f) != getattr(defaults, f)]
+    out = []
+    for f in fields:  # dotted names reach nested groups: "ppo.kl_coef"
+        value, default = operator.attrgetter(f)(args), operator.attrgetter(f)(defaults)
+        if value != default:
+            out.append(f"{f}={value}")
+    return out
 
 
 def check_finite(value: float, what: str, step: int, checkpoint_dir: Path) -> None:

@@ -1,0 +1,299 @@
+"""`rlhf-repro reproduce`, `list`: the registry, the plan, the launchers (golden dry runs), skip and resume."""
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlhf_repro import reproduce as R
+from tests.conftest import cli
+
+pytestmark = pytest.mark.unit
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("RLHF_REPRO_UPDATE_GOLDEN") == "1"
+
+
+def _golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} changed; rerun with RLHF_REPRO_UPDATE_GOLDEN=1 if intended"
+
+
+def test_every_experiment_and_preset_parses_and_plans(tmp_path):
+    reg = R.load_registry()
+    assert {"paper", "tiny"} <= set(reg.presets)
+    for name in [
+        "paper",
+        "eos-trick-off",
+        "whiten-rewards",
+        "score-at-eos",
+        "kl-0.07",
+        "kl-0.1",
+        "kl-k3",
+        "value-init-sft",
+        "ppo-128",
+        "dpo-beta-0.5",
+        "global-whitening",
+        "quickstart",
+        "tiny-scaling",
+        "ablations",
+    ]:
+        assert name in reg.experiments
+    for name, e in reg.experiments.items():
+        for preset in e.get("presets", list(reg.presets)):
+            nodes = R.plan(reg, name, R.Layout(tmp_path), R.PlanOptions(preset=preset))
+            assert nodes, (name, preset)
+            keys = [n.key for n in nodes]
+            assert len(keys) == len(set(keys))
+            seen = set()
+            for n in nodes:  # topological: every dependency comes first
+                assert all(d in seen for d in n.deps), (name, n.key)
+                seen.add(n.key)
+
+
+def test_paper_plan_shape_and_ablation_shares_the_base_runs(tmp_path):
+    reg = R.load_registry()
+    nodes = R.plan(reg, "paper", R.Layout(tmp_path), R.PlanOptions(preset="paper"))
+    stages = [n.stage for n in nodes]
+    # 3 sizes x 4 seeds x (sft, reward, ppo, dpo, 3 judges) + figures; no world/pretrain on the paper preset.
+    assert stages.count("sft") == 12 and stages.count("ppo") == 12 and stages.count("judge") == 36
+    assert stages.count("figures") == 1 and "world" not in stages and "pretrain" not in stages
+    ppo = next(n for n in nodes if n.key == "paper/ppo/6.9b/77713")
+    assert ppo.deps == ["paper/sft/6.9b/77713", "paper/reward/6.9b/77713"]
+    assert ppo.accelerate_config.endswith("deepspeed_zero3_offload.yaml")
+    a = ppo.argv
+    assert a[a.index("--local-micro-batch-size") + 1] == "1" and a[a.index("--gradient-accumulation-steps") + 1] == "64"
+    assert a[a.index("--sft-model-path") + 1] == str(tmp_path / "results/paper/sft/6.9b/77713/model")
+
+    abl = R.plan(reg, "eos-trick-off", R.Layout(tmp_path), R.PlanOptions(preset="paper", sizes=["1b"], seeds=[1]))
+    keys = [n.key for n in abl]
+    assert "eos-trick-off/ppo/1b/1" in keys and "paper/sft/1b/1" in keys and "paper/reward/1b/1" in keys
+    assert not any(k.startswith("paper/dpo") or k.startswith("eos-trick-off/sft") for k in keys)
+    ppo = next(n for n in abl if n.key == "eos-trick-off/ppo/1b/1")
+    assert "--no-non-eos-penalty" in ppo.argv and "--experiment" in ppo.argv
+    assert ppo.argv[ppo.argv.index("--reward-model-path") + 1] == str(tmp_path / "results/paper/reward/1b/1/model")
+    assert ppo.argv[ppo.argv.index("--experiment") + 1] == "eos-trick-off"
+
+
+def test_quickstart_plan_uses_the_world_and_overrides_preset_flags(tmp_path):
+    reg = R.load_registry()
+    nodes = {n.key: n for n in R.plan(reg, "quickstart", R.Layout(tmp_path), R.PlanOptions())}
+    assert list(nodes)[:3] == ["world", "datasets", "pretrain/tiny-m"]
+    ppo = nodes["quickstart/ppo/tiny-m/1"].argv
+    assert ppo.count("--total-episodes") == 1 and ppo[ppo.index("--total-episodes") + 1] == "960"
+    assert ppo[ppo.index("--response-length") + 1] == "34"
+    no_trick = nodes["quickstart-no-eos-trick/ppo/tiny-m/1"].argv
+    assert "--no-non-eos-penalty" in no_trick and no_trick[no_trick.index("--response-length") + 1] == "34"
+    assert nodes["quickstart/claims"].deps[-1] == "figures"
+    assert "quickstart-no-eos-trick/claims" not in nodes
+    with pytest.raises(R.RegistryError, match="only with preset"):
+        R.plan(reg, "quickstart", R.Layout(tmp_path), R.PlanOptions(preset="paper"))
+
+
+def test_merge_flags_keeps_the_last_setting_in_place():
+    assert R.merge_flags(["--lr", "1", "--run-eval", "--lr", "2", "--no-x", "--x"]) == [
+        "--lr",
+        "2",
+        "--run-eval",
+        "--x",
+    ]
+    assert R.merge_flags(["--ppo.whiten-rewards", "--ppo.no-whiten-rewards"]) == ["--ppo.no-whiten-rewards"]
+    assert R.merge_flags(["--eval-splits", "validation", "test"]) == ["--eval-splits", "validation", "test"]
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ('[experiments.x]\ndescription = "d"\nstages = ["sft", "rl"]\n', r"\[experiments.x\]: unknown stage 'rl'"),
+        ('[experiments.x]\ndescription = "d"\nstage = ["sft"]\n', r"\[experiments.x\]: unknown key 'stage'"),
+        ('[experiments.x]\ndescription = "d"\nbase = "y"\n', r"base 'y' is not an experiment"),
+        (
+            '[experiments.x]\ndescription = "d"\nbase = "y"\n[experiments.y]\ndescription = "d"\nbase = "x"\n',
+            "base chain loops",
+        ),
+        ('[experiments.x]\ndescription = "d"\nstages = ["sft"]\nflags.sft = "--lr 1"\n', "must be a list of strings"),
+        ('[presets.p]\ndescription = "d"\nsizes = []\nseeds = [1]\n', r"\[presets.p\]: sizes must be a non-empty"),
+        ("[experiments.x\n", "experiments.toml"),
+    ],
+)
+def test_registry_errors_name_the_table_and_key(tmp_path, text, match):
+    path = tmp_path / "experiments.toml"
+    path.write_text(text)
+    with pytest.raises(R.RegistryError, match=match):
+        R.load_registry(path)
+    r = cli("list", "--registry", str(path))
+    assert r.returncode == 2 and "error:" in r.stderr
+
+
+def test_list_and_help():
+    r = cli("list")
+    assert r.returncode == 0
+    for name in ("paper", "tiny", "eos-trick-off", "quickstart", "tiny-scaling", "--no-non-eos-penalty"):
+        assert name in r.stdout
+    r = cli("reproduce", "--help")
+    assert r.returncode == 0 and "--launcher" in r.stdout and "--dry-run" in r.stdout and "--track" in r.stdout
+
+
+def test_paper_slurm_dry_run_golden():
+    r = cli("reproduce", "paper", "--preset", "paper", "--launcher", "slurm", "--dry-run", "--out", "runs")
+    assert r.returncode == 0, r.stderr
+    _golden("paper_slurm.txt", r.stdout)
+    out = r.stdout
+    # One array job per (stage, size) over the four seeds, chained with afterok.
+    assert out.count("#SBATCH --array=0-3") == 3 * 7
+    assert "SEEDS=(44413 55513 66613 77713)" in out
+    assert (
+        "JOB_paper_reward_2_8b=$(sbatch --parsable --dependency=afterok:${JOB_paper_sft_2_8b} "
+        '"$HERE/paper_reward_2.8b.sbatch")' in out
+    )
+    assert "--dependency=afterok:${JOB_paper_reward_1b}:${JOB_paper_sft_1b} " in out
+    assert "srun accelerate launch --config_file configs/accelerate/deepspeed_zero3_offload.yaml" in out
+    assert 'if [ -f "runs/results/paper/ppo/1b/${SEED}/summary.json" ]; then' in out
+
+
+def test_paper_accelerate_dry_run_golden():
+    r = cli("reproduce", "paper", "--preset", "paper", "--launcher", "accelerate", "--dry-run", "--out", "runs")
+    assert r.returncode == 0, r.stderr
+    _golden("paper_accelerate.txt", r.stdout)
+    lines = r.stdout.splitlines()
+    sft = next(line for line in lines if line.startswith("accelerate launch") and "experiments.sft" in line)
+    assert sft.startswith(
+        "accelerate launch --config_file configs/accelerate/deepspeed_zero2.yaml --num_processes 8 -m"
+    )
+    assert "# paper/ppo/1b/44413: to run (after paper/sft/1b/44413, paper/reward/1b/44413)" in lines
+    assert any(line.startswith("rlhf-repro judge --input runs/results/paper/ppo/1b/44413/") for line in lines)
+
+
+def test_shipped_accelerate_configs_are_the_references():
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
+    z2 = yaml.safe_load((root / "deepspeed_zero2.yaml").read_text())
+    assert z2["deepspeed_config"]["zero_stage"] == 2 and z2["mixed_precision"] == "bf16"
+    assert z2["num_processes"] == 8 and z2["deepspeed_config"]["offload_param_device"] == "none"
+    z3 = yaml.safe_load((root / "deepspeed_zero3_offload.yaml").read_text())
+    assert z3["deepspeed_config"]["zero_stage"] == 3 and z3["deepspeed_config"]["offload_param_device"] == "cpu"
+
+
+def test_dry_run_marks_finished_stages_as_skipped(tmp_path):
+    run = tmp_path / "results" / "paper" / "sft" / "1b" / "44413"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+    r = cli(
+        "reproduce",
+        "paper",
+        "--preset",
+        "paper",
+        "--sizes",
+        "1b",
+        "--seeds",
+        "44413",
+        "--dry-run",
+        "--out",
+        str(tmp_path),
+    )
+    assert r.returncode == 0
+    assert "# paper/sft/1b/44413: done, skipped" in r.stdout
+    assert "# paper/reward/1b/44413: to run (after paper/sft/1b/44413)" in r.stdout
+    # Slurm: a finished stage gets no job and its dependents no dependency on it.
+    r = cli(
+        "reproduce", "paper", "--preset", "paper", "--sizes", "1b", "--seeds", "44413", "--launcher", "slurm",
+        "--dry-run", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert "paper_sft_1b.sbatch" not in r.stdout
+    assert 'JOB_paper_reward_1b=$(sbatch --parsable "$HERE/paper_reward_1b.sbatch")' in r.stdout
+
+
+def test_track_flags_reach_training_stages_only(tmp_path):
+    reg = R.load_registry()
+    opts = R.PlanOptions(preset="paper", sizes=["1b"], seeds=[1], track=True, wandb_entity="team")
+    for n in R.plan(reg, "eos-trick-off", R.Layout(tmp_path), opts):
+        if n.training:
+            i = n.argv.index("--track")
+            assert n.argv[i : i + 5] == ["--track", "--wandb-project", "rlhf-repro", "--wandb-entity", "team"]
+        else:
+            assert "--track" not in n.argv
+
+
+def test_wandb_tags_name_the_switches_that_differ_from_the_paper():
+    from experiments.ppo import DETAIL_FLAGS, Args
+    from rlhf_repro.training import changed_details
+
+    args = Args()
+    assert changed_details(args, DETAIL_FLAGS) == []
+    args.non_eos_penalty = False
+    args.ppo.kl_coef = 0.1
+    assert changed_details(args, DETAIL_FLAGS) == ["non_eos_penalty=False", "ppo.kl_coef=0.1"]
+
+
+def _node(tmp_path, key, deps=(), fail=False, sleep=0.0):
+    marker = tmp_path / f"{key}.done"
+    code = f"import time, pathlib; time.sleep({sleep}); " + (
+        "raise SystemExit(3)" if fail else f"pathlib.Path({str(marker)!r}).write_text('ok')"
+    )
+    n = R.Node(key, "figures", None, None, None, [], marker, list(deps))
+    return n, [sys.executable, "-c", code]
+
+
+def test_local_launcher_runs_in_order_skips_done_and_resumes_after_failure(tmp_path, capsys):
+    a, ca = _node(tmp_path, "a")
+    b, cb = _node(tmp_path, "b", deps=["a"], fail=True)
+    c, cc = _node(tmp_path, "c", deps=["b"])
+    d, cd = _node(tmp_path, "d", deps=["a"], sleep=0.5)
+    nodes, cmds = [a, b, c, d], {"a": ca, "b": cb, "c": cc, "d": cd}
+    rc = R.run_local(nodes, cmds, jobs=2, logs=tmp_path / "logs", stream=False)
+    out = capsys.readouterr()
+    assert rc == 3 and "[FAILED] b (exit 3)" in out.err and "not started because of the failure: c" in out.err
+    assert a.done() and d.done() and not c.done()  # d ran beside b; c waits on b
+    _, cb_ok = _node(tmp_path, "b", deps=["a"])
+    cmds["b"] = cb_ok
+    rc = R.run_local(nodes, cmds, jobs=1, logs=tmp_path / "logs", stream=False)
+    out = capsys.readouterr().out
+    assert rc == 0 and "[skip] a" in out and "[skip] d" in out and c.done()
+    assert out.index("] b:") < out.index("] c:")
+
+
+def test_slurm_launcher_submits_with_dependencies(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"
+    log = tmp_path / "sbatch.log"
+    sbatch.write_text(
+        f'#!/usr/bin/env bash\ntouch {log}\nn=$(( $(wc -l < {log}) + 100 ))\necho "$n $*" >> {log}\necho "$n"\n'
+    )
+    sbatch.chmod(sbatch.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    r = subprocess.run(
+        [sys.executable, "-m", "rlhf_repro.cli", "reproduce", "paper", "--preset", "paper", "--sizes", "1b",
+         "--seeds", "1", "2", "--launcher", "slurm", "--out", str(tmp_path / "runs")],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    calls = log.read_text().splitlines()
+    ids = {line.split()[-1].rsplit("/", 1)[-1]: line.split()[0] for line in calls}
+    assert len(calls) == 8  # sft, reward, ppo, dpo, 3 judges, figures
+    reward = next(line for line in calls if line.endswith("paper_reward_1b.sbatch"))
+    assert f"--dependency=afterok:{ids['paper_sft_1b.sbatch']}" in reward
+    sbatch_file = (tmp_path / "runs" / "slurm" / "paper_ppo_1b.sbatch").read_text()
+    assert "#SBATCH --array=0-1" in sbatch_file and "SEEDS=(1 2)" in sbatch_file
+
+
+def test_unknown_experiment_and_size_are_clear_errors(tmp_path):
+    r = cli("reproduce", "nope", "--dry-run", "--out", str(tmp_path))
+    assert r.returncode == 2 and "unknown experiment 'nope'" in r.stderr
+    r = cli("reproduce", "paper", "--sizes", "7b", "--dry-run", "--out", str(tmp_path))
+    assert r.returncode == 2 and "no size '7b'" in r.stderr
+
+
+def test_quickstart_dry_run_prints_every_stage(tmp_path):
+    r = cli("quickstart", "--out", str(tmp_path / "qs"), "--dry-run")
+    assert r.returncode == 0, r.stderr
+    keys = ["world", "datasets", "pretrain/tiny-m", "quickstart/sft/tiny-m/1", "quickstart/dpo/tiny-m/1"]
+    keys += ["quickstart-no-eos-trick/ppo/tiny-m/1", "quickstart/judge-ppo/tiny-m/1", "figures", "quickstart/claims"]
+    for key in keys:
+        assert f"# {key}: to run" in r.stdout, key
