@@ -15,6 +15,7 @@
     rlhf-repro reproduce EXPERIMENT [--preset P] [--launcher local|accelerate|slurm] [--dry-run]
     rlhf-repro compare RESULTS_DIR                               ablation table (mean +- CI over seeds)
     rlhf-repro claims RESULTS_DIR --experiment E                 the paper's claims, PASS/FAIL with numbers
+    rlhf-repro bench generate [--model-shape pythia-14m] [--json] sampling tokens/s: ours vs HF generate
     rlhf-repro quickstart [--out DIR]                            reproduce quickstart --preset tiny
 
 Stage commands forward their arguments to the stage script, so `rlhf-repro pretrain --help` and
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             "check the paper's qualitative claims on run folders",
             lambda a: _call("analysis.claims", "main", a),
         ),
+        "bench": ("benchmarks: rollout sampling speed (generate)", lambda a: _call("rlhf_repro.bench", "main", a)),
         "quickstart": (
             "the simulated world end to end: = reproduce quickstart --preset tiny",
             lambda a: _stage("rlhf_repro.quickstart", a),

@@ -1,6 +1,6 @@
 """`rlhf-repro quickstart`: the simulated TL;DR world end to end on this machine, about 11 minutes on 2 cores.
 
-It is `rlhf-repro reproduce quickstart --preset tiny --jobs 2`: world -> datasets -> tiny base model ->
+It is `rlhf-repro reproduce quickstart --preset tiny --jobs 3`: world -> datasets -> tiny base model ->
 SFT -> RM -> PPO (and PPO without the EOS trick) and DPO -> gold judge -> figures -> the paper's claims,
 checked on its own results and printed as PASS/FAIL with their numbers. Every step is the same code a
 paper run uses; only the sources and sizes differ. Rerunning skips finished stages (and resumes a
@@ -27,7 +27,7 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/quickstart", help="folder for world/, data/, base/ and results/")
     parser.add_argument("--seed", type=int, default=1, help="training seed of SFT, RM, PPO and DPO")
     parser.add_argument("--size", default="tiny-m", help="base model size (tiny-s, tiny-m, tiny-l)")
-    parser.add_argument("--jobs", type=int, default=2, help="stages run at once when their inputs are ready")
+    parser.add_argument("--jobs", type=int, default=3, help="stages run at once when their inputs are ready")
     parser.add_argument("--dry-run", action="store_true", help="print the stage commands without running them")
     parser.add_argument("--track", action="store_true", help="log the training stages to W&B")
     args = parser.parse_args(argv)

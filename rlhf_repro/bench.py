@@ -1,0 +1,134 @@
+"""`rlhf-repro bench generate`: rollout sampling speed, our KV-cache sampler against HF `generate`.
+
+    rlhf-repro bench generate --model-shape pythia-14m --json
+    rlhf-repro bench generate --model-shape tiny --batch 64 --prompt-length 200 --response-length 53
+
+Both draw `--response-length` tokens after each of `--batch` random prompts of `--prompt-length` tokens
+from the same randomly initialized GPT-NeoX (shapes of `rlhf_repro.modeling.MODEL_PRESETS`: `pythia-14m` is
+hidden 128, 6 layers, 4 heads, vocabulary 50,304), at T = 0.7 with top-k 0 and top-p 1 and no stop at
+EOS (R-03):
+- ours: `rlhf_repro.generation.generate(sampler="fast")`: a KV cache, the LM head on the last position
+  only, inverse-CDF draws, and the sampled tokens' log-probs returned (R-02);
+- HF: `model.generate(do_sample=True, ...)` with the same settings, returning tokens only (its cheapest
+  path; the reference also asked it for scores).
+Each is timed `--repeats` times after one warm-up; the median counts. Prints a table, or with --json one
+object with ours_tokens_per_s, hf_generate_tokens_per_s and speedup. A benchmark, not a test: that the
+two draw from one distribution is tested in tests/test_ops_unit.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+
+def _model(shape: str, seed: int):
+    import torch
+    from transformers import GPTNeoXForCausalLM
+
+    from rlhf_repro.modeling import preset_config
+
+    # pythia-14m carries its own 50,304-token vocabulary; the tiny shapes get the world tokenizer's size.
+    config = preset_config(shape, 2489)
+    torch.manual_seed(seed)
+    model = GPTNeoXForCausalLM(config).eval()
+    return model, config
+
+
+def bench_generate(args) -> dict:
+    import torch
+    from transformers import GenerationConfig
+
+    from rlhf_repro.generation import TEMPERATURE_EPS, generate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, config = _model(args.model_shape, args.seed)
+    pad = config.vocab_size - 1
+    g = torch.Generator().manual_seed(args.seed)
+    queries = torch.randint(2, config.vocab_size - 2, (args.batch, args.prompt_length), generator=g)
+    hf_config = GenerationConfig(
+        max_new_tokens=args.response_length,
+        min_new_tokens=args.response_length,
+        do_sample=True,
+        temperature=args.temperature + TEMPERATURE_EPS,
+        top_k=0,
+        top_p=1.0,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    model.generation_config.eos_token_id = model.generation_config.pad_token_id = None
+    mask = torch.ones_like(queries)
+
+    def ours():
+        generate(model, queries, pad, args.response_length, args.temperature, "fast", g)
+
+    @torch.no_grad()
+    def hf():
+        model.generate(input_ids=queries, attention_mask=mask, generation_config=hf_config)
+
+    times = {}
+    for name, fn in (("ours", ours), ("hf_generate", hf)):
+        fn()  # warm-up
+        runs = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - t0)
+        times[name] = statistics.median(runs)
+    tokens = args.batch * args.response_length
+    out = {
+        "model_shape": args.model_shape,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "batch": args.batch,
+        "prompt_length": args.prompt_length,
+        "response_length": args.response_length,
+        "threads": torch.get_num_threads(),
+        "ours_seconds": round(times["ours"], 4),
+        "hf_generate_seconds": round(times["hf_generate"], 4),
+        "ours_tokens_per_s": round(tokens / times["ours"], 1),
+        "hf_generate_tokens_per_s": round(tokens / times["hf_generate"], 1),
+    }
+    out["speedup"] = round(out["ours_tokens_per_s"] / out["hf_generate_tokens_per_s"], 2)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="rlhf-repro bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="what", required=True)
+    gen = sub.add_parser("generate", help="sampling tokens/s: ours vs HF generate", description=__doc__)
+    gen.add_argument(
+        "--model-shape", choices=("tiny-s", "tiny-m", "tiny-l", "pythia-14m", "tiny"), default="pythia-14m"
+    )
+    gen.add_argument("--batch", type=int, default=64, help="prompts per call")
+    gen.add_argument("--prompt-length", type=int, default=200, help="tokens per prompt")
+    gen.add_argument("--response-length", type=int, default=53, help="tokens sampled per prompt")
+    gen.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (R-01)")
+    gen.add_argument("--repeats", type=int, default=3, help="timed calls per sampler (after one warm-up)")
+    gen.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    gen.add_argument("--seed", type=int, default=0, help="seed of the weights, prompts and draws")
+    gen.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    if args.model_shape == "tiny":
+        args.model_shape = "tiny-m"
+    out = bench_generate(args)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print("| sampler | seconds | tokens/s |\n|---|---|---|")
+        print(f"| ours (KV cache, inverse CDF) | {out['ours_seconds']} | {out['ours_tokens_per_s']} |")
+        print(f"| HF generate(do_sample=True) | {out['hf_generate_seconds']} | {out['hf_generate_tokens_per_s']} |")
+        print(
+            f"speedup {out['speedup']}x ({out['model_shape']}, {out['parameters']:,} parameters, batch {out['batch']}, "
+            f"prompt {out['prompt_length']}, response {out['response_length']}, {out['threads']} threads)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

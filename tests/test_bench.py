@@ -1,0 +1,29 @@
+"""`rlhf-repro bench generate` runs and reports what it promises (a benchmark: numbers are not asserted)."""
+
+import json
+
+import pytest
+
+from tests.conftest import cli
+
+pytestmark = pytest.mark.smoke
+
+
+def test_bench_generate_json():
+    r = cli(
+        "bench", "generate", "--model-shape", "tiny-s", "--batch", "4", "--prompt-length", "16",
+        "--response-length", "8", "--repeats", "1", "--threads", "1", "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    for key in ("ours_tokens_per_s", "hf_generate_tokens_per_s", "speedup"):
+        assert out[key] > 0, key
+    assert out["speedup"] == pytest.approx(out["ours_tokens_per_s"] / out["hf_generate_tokens_per_s"], rel=0.02)
+    assert out["batch"] == 4 and out["response_length"] == 8 and out["threads"] == 1
+
+
+def test_bench_table_and_help():
+    r = cli("bench", "generate", "--model-shape", "tiny-s", "--batch", "2", "--prompt-length", "8",
+            "--response-length", "4", "--repeats", "1")  # fmt: skip
+    assert r.returncode == 0 and "speedup" in r.stdout and "| HF generate(do_sample=True) |" in r.stdout
+    assert "--model-shape" in cli("bench", "generate", "--help").stdout
