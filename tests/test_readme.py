@@ -53,7 +53,7 @@ def test_readme_command_runs(words):
         args = [sys.executable, "-m", "rlhf_repro.cli", *words[1:]]
     else:
         args = [sys.executable, *words[1:]]
-    dry = "quickstart" in words or "reproduce" in words or words[1].startswith("benchmarks/")
+    dry = words[1] in ("quickstart", "reproduce") or words[1].startswith("benchmarks/")
     extra = ["--dry-run"] if dry else ["--help"]
     r = run_cmd(args + extra)
     assert r.returncode == 0, r.stderr[-2000:]
