@@ -333,12 +333,6 @@ def test_sim_generate_and_score_cli(tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["covered"]["event"] == 2.0
 
 
-def test_quickstart_dry_run_lists_the_stages():
-    r = cli("quickstart", "--dry-run", "--out", "runs/x")
-    assert r.returncode == 0
-    assert [line.split("]")[0] for line in r.stdout.splitlines()] == ["[world", "[datasets", "[pretrain"]
-
-
 def test_unreachable_hub_ids_fail_with_one_clear_line(tmp_path):
     # The real hub code path runs up to the network; offline it must say what failed and what to do.
     r = cli(
