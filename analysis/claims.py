@@ -21,7 +21,8 @@ The claims and their tests:
    trick it stays above half its start and above the trick's (means over the first/last 3 updates).
 4. DPO's implicit reward is less accurate on the validation pairs than the explicit RM.
 5. At equal length (the logistic fit of win ~ log(len response / len reference) at 0, by characters),
-   PPO's win rate is above SFT's and PPO's bootstrap 95% lower bound is above SFT's estimate.
+   PPO's win rate is above SFT's by more than 0.01 and PPO's bootstrap 95% lower bound is above SFT's
+   estimate.
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ def claim_eos(ppo_runs: list[Path], ablation_runs: list[Path]) -> dict:
 
 def claim_dpo(reward_runs: list[Path], dpo_runs: list[Path]) -> dict:
     rm = _mean(_summary(r).get("eval/rm/validation/accuracy") for r in reward_runs)
-    dpo = _mean(_summary(r).get("eval/dpo/validation/accuracy") for r in dpo_runs)
+    dpo = _mean(_summary(r).get("eval/rm/validation/accuracy") for r in dpo_runs)
     numbers = {"rm_accuracy": _r(rm), "dpo_implicit_accuracy": _r(dpo)}
     if rm is None or dpo is None:
         numbers["missing"] = "validation accuracy of the reward and DPO runs"
@@ -212,7 +213,9 @@ def claim_length_control(sft_runs: list[Path], ppo_runs: list[Path]) -> dict:
         "ppo_mean_log_length_ratio": _r(ppo["mean_log_length_ratio"]),
         "sft_mean_log_length_ratio": _r(sft["mean_log_length_ratio"]),
     }
-    passed = ppo["ci_low"] > sft["win_rate_at_equal_length"]
+    # A real gap, not float dust: two policies that never win both fit to about 0.
+    gap = ppo["win_rate_at_equal_length"] - sft["win_rate_at_equal_length"]
+    passed = ppo["ci_low"] > sft["win_rate_at_equal_length"] and gap > 0.01
     return {"passed": bool(passed), "numbers": numbers}
 
 
@@ -257,7 +260,7 @@ def headline_summary(results: Path, experiment: str, ablation: str, world: Path 
         },
         "rm_accuracy_ood": _r(_mean(x.get("eval/rm/validation_cnndm/accuracy") for x in rm)),
         "gold_ceiling_accuracy": None,
-        "dpo_implicit_accuracy": _r(_mean(x.get("eval/dpo/validation/accuracy") for x in sums["dpo"])),
+        "dpo_implicit_accuracy": _r(_mean(x.get("eval/rm/validation/accuracy") for x in sums["dpo"])),
         "gold_win_rate": {},
         "gold_score": {},
         "no_eos_fraction": {},

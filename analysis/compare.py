@@ -74,7 +74,7 @@ def run_numbers(run: Path, stage: str) -> dict:
     if stage == "reward":
         out["rm_accuracy"] = s.get("eval/rm/validation/accuracy")
     if stage == "dpo":
-        out["rm_accuracy"] = s.get("eval/dpo/validation/accuracy")
+        out["rm_accuracy"] = s.get("eval/rm/validation/accuracy")
     if stage in ("sft", "ppo", "dpo"):
         out["length"] = s.get(f"validation/{stage}/response_token_len")
         eos = s.get(f"validation/{stage}/eos_fraction")

@@ -74,7 +74,10 @@ def main() -> int:
     args = parser.parse_args()
 
     qs, out = Path(args.quickstart), Path(args.out)
-    base = qs / "results" / "quickstart" / "pretrain" / "tiny-m" / "1" / "model"
+    # The quickstart's base model (base/base/pretrain/...; quickstarts before `reproduce` used results/quickstart/).
+    base = qs / "base" / "base" / "pretrain" / "tiny-m" / "1" / "model"
+    if not base.exists() and (qs / "results" / "quickstart" / "pretrain").exists():
+        base = qs / "results" / "quickstart" / "pretrain" / "tiny-m" / "1" / "model"
     common = ["--results-dir", str(out), "--experiment", "tiny", "--seed", str(args.seed), "--no-progress"]
     sft_cmd = [
         sys.executable,

@@ -368,7 +368,8 @@ def plan(reg: Registry, experiment: str, layout: Layout, opts: PlanOptions) -> l
                         + ["--results-dir", str(layout.out / "base"), "--experiment", "base", "--no-progress"]
                         + (["--threads", str(opts.threads)] if opts.threads else []),
                         pre_dir / "summary.json",
-                        deps=[world_key],
+                        # After the datasets: beside them it would start with half the cores and keep them.
+                        deps=[world_key, datasets_key],
                     )
                 )
             for seed in seeds:

@@ -56,7 +56,7 @@ def _world(root, rm_conf, sft_wins, ppo_wins, trick, no_trick, dpo_acc=0.6):
         ppo_wins,
     )
     _run(root, "qs-no-eos-trick", "ppo", 1, ppo, [{"ppo/val/no_eos_fraction": v} for v in no_trick], ppo_wins)
-    _run(root, "qs", "dpo", 1, {"eval/dpo/validation/accuracy": dpo_acc, "seconds": 5}, wins=sft_wins)
+    _run(root, "qs", "dpo", 1, {"eval/rm/validation/accuracy": dpo_acc, "seconds": 5}, wins=sft_wins)
 
 
 def test_claims_pass_on_a_world_where_they_hold(tmp_path):
