@@ -111,7 +111,7 @@ def claim_rm(reward_runs: list[Path]) -> dict:
         "accuracy_confidence_7_9": _r(hi),
         "by_confidence": by_conf,
     }
-    passed = acc is not None and low_high[0] > 0.55 and lo is not None and hi is not None and hi - lo >= 0.1
+    passed = low_high[0] is not None and low_high[0] > 0.55 and lo is not None and hi is not None and hi - lo >= 0.1
     return {"passed": bool(passed), "numbers": numbers}
 
 

@@ -736,10 +736,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     preset = reg.presets[args.preset]
     logs = layout.out / "logs"
-    if args.launcher == "accelerate":
-        nproc = args.num_processes or preset.get("num_processes")
-        commands = {n.key: accelerate_command(n, nproc) for n in nodes}
-    elif args.launcher == "slurm":
+    if args.launcher in ("accelerate", "slurm"):
         nproc = args.num_processes or preset.get("num_processes")
         commands = {n.key: accelerate_command(n, nproc) for n in nodes}
     else:

@@ -1,5 +1,7 @@
 """`rlhf-repro reproduce`, `list`: the registry, the plan, the launchers (golden dry runs), skip and resume."""
 
+import csv
+import json
 import os
 import stat
 import subprocess
@@ -297,3 +299,36 @@ def test_quickstart_dry_run_prints_every_stage(tmp_path):
     keys += ["quickstart-no-eos-trick/ppo/tiny-m/1", "quickstart/judge-ppo/tiny-m/1", "figures", "quickstart/claims"]
     for key in keys:
         assert f"# {key}: to run" in r.stdout, key
+
+
+def test_num_processes_threads_and_quiet_do_what_they_say(tmp_path):
+    r = cli("reproduce", "paper", "--preset", "paper", "--sizes", "1b", "--seeds", "1", "--launcher", "accelerate",
+            "--num-processes", "2", "--dry-run", "--out", "runs")  # fmt: skip
+    assert (
+        r.returncode == 0 and "--num_processes 2 -m experiments.sft" in r.stdout and "--num_processes 8" not in r.stdout
+    )
+    reg = R.load_registry()
+    for n in R.plan(reg, "quickstart", R.Layout(tmp_path), R.PlanOptions(threads=3)):
+        assert ("--threads" in n.argv) == (n.training or n.stage == "pretrain"), n.key
+        if "--threads" in n.argv:
+            assert n.argv[n.argv.index("--threads") + 1] == "3"
+    a, ca = _node(tmp_path, "a")
+    R.run_local([a], {"a": ca + ["print-this"]}, jobs=1, logs=tmp_path / "logs", stream=False)
+    assert (tmp_path / "logs" / "a.log").exists()  # --quiet: output goes to logs/ even with one job
+
+
+def test_claims_ablation_and_out_and_compare_stages(tmp_path):
+    from tests.test_claims_compare import _run
+
+    _run(tmp_path, "qs", "reward", 1, {"eval/rm/validation/accuracy": 0.7})
+    _run(tmp_path, "qs", "ppo", 1, {}, [{"ppo/val/no_eos_fraction": 0.8}] * 3 + [{"ppo/val/no_eos_fraction": 0.1}] * 3)
+    _run(tmp_path, "other", "ppo", 1, {}, [{"ppo/val/no_eos_fraction": 0.8}] * 6)
+    out = tmp_path / "elsewhere"
+    r = cli("claims", str(tmp_path), "--experiment", "qs", "--ablation", "other", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    eos = json.loads((out / "claims.json").read_text())[2]["numbers"]
+    assert eos["without_trick_last"] == 0.8 and eos["with_trick_last"] == 0.1
+    assert not (tmp_path / "qs" / "claims.json").exists()
+    r = cli("compare", str(tmp_path), "--stages", "reward", "--out", str(out))
+    assert r.returncode == 0
+    assert {row["stage"] for row in csv.DictReader(open(out / "compare.csv"))} == {"reward"}
