@@ -15,15 +15,22 @@ of two modes:
 - `strict`: quotes, markdown and a trailing period around the letter are tolerated; an answer still
   unparseable is asked again (up to --strict-retries), then reported with no verdict, never guessed.
 
-Requests run concurrently (`concurrency`), are retried with exponential backoff on 429, 5xx, timeouts
-and connection errors, and are cached on disk keyed by (model, temperature, seed, prompt) in an
-append-only JSONL file, so an interrupted run resumes without paying twice.
+Requests run concurrently (`concurrency`) and are retried on transient faults: 429 (waiting what the
+server's Retry-After asks, and pausing every worker meanwhile), 5xx, timeouts, dropped connections and
+truncated response bodies, with exponential backoff otherwise; every wait is capped by `max_wait`. A row
+whose request still fails after the last retry is recorded with no verdict, its `error` and its
+`failure` reason (see FAILURE_REASONS), and `summarize` counts failures by reason. Answers are cached on
+disk keyed by (model, temperature, seed, prompt) in an append-only JSONL file, fsynced per record, so an
+interrupted run (even a SIGKILL) resumes without asking twice; failures are not cached, so a rerun asks
+again exactly the rows that failed.
 """
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -39,6 +46,20 @@ DEFAULT_TEMPLATE = TEMPLATE_DIR / "tldr.txt"
 DEFAULT_MODEL = "gpt-3.5-turbo-0125"
 # USD per 1M tokens (prompt, completion); unknown models cost 0 unless --price-* is given.
 PRICES = {"gpt-3.5-turbo-0125": (0.5, 1.5), "gpt-4-0125-preview": (10.0, 30.0), "gpt-4o-mini": (0.15, 0.6)}
+
+# Why a row got no verdict, as `Judgement.failure` and the summary's `failures` name it.
+FAILURE_REASONS = {
+    "rate_limited": "HTTP 429 after the last retry",
+    "server_error": "HTTP 5xx after the last retry",
+    "timeout": "no answer within --timeout, after the last retry",
+    "connection": "connection refused, reset or closed mid-answer, after the last retry",
+    "bad_response": "a 200 whose body is not a chat completion (e.g. JSON cut short), after the last retry",
+    "client_error": "another HTTP 4xx (bad key, unknown model, prompt too long): not retried",
+    "unparsed": "strict mode: no verdict in the answer after the re-asks",
+    "error": "anything else (a bug, reported per row rather than stopping the run)",
+}
+# Faults worth asking again: the same request may well succeed a moment later.
+TRANSIENT = frozenset({"rate_limited", "server_error", "timeout", "connection", "bad_response"})
 
 
 def load_template(path: str | os.PathLike | None = None) -> str:
@@ -109,23 +130,88 @@ class Judgement:
     completion_tokens: int = 0
     cost: float = 0.0
     error: str = ""
+    failure: str = ""  # a FAILURE_REASONS key when the row has no verdict, else ""
     extra: dict = field(default_factory=dict)
 
 
+class JudgeRequestError(RuntimeError):
+    """A request that failed for good (a fault not worth retrying, or the last retry spent)."""
+
+    def __init__(self, reason: str, message: str, requests: int):
+        super().__init__(message)
+        self.reason, self.requests = reason, requests
+
+
+def classify_failure(e: BaseException) -> str:
+    """The FAILURE_REASONS key of an exception raised by a chat-completions request."""
+    import openai
+
+    if isinstance(e, openai.RateLimitError):
+        return "rate_limited"
+    if isinstance(e, openai.APITimeoutError):  # a subclass of APIConnectionError: test it first
+        return "timeout"
+    if isinstance(e, openai.APIConnectionError):
+        return "connection"
+    if isinstance(e, openai.APIStatusError):
+        return "server_error" if e.status_code >= 500 else "client_error"
+    # A 200 whose body is cut mid-JSON raises json.JSONDecodeError (a ValueError) from the client; one
+    # that is JSON but not a completion fails when its fields are read.
+    if isinstance(e, (openai.APIResponseValidationError, ValueError, TypeError, AttributeError, IndexError, KeyError)):
+        return "bad_response"
+    return "error"
+
+
+def retry_after_seconds(e: BaseException) -> float | None:
+    """The wait the server asked for in Retry-After-Ms / Retry-After (seconds or an HTTP date), if any."""
+    headers = getattr(getattr(e, "response", None), "headers", None)
+    if not headers:
+        return None
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            try:  # the HTTP-date form: "Wed, 21 Oct 2015 07:28:00 GMT"
+                seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+            except (TypeError, ValueError, OverflowError, IndexError):
+                continue
+        if math.isnan(seconds):
+            continue
+        return max(0.0, seconds)  # an infinite wait is capped by max_wait downstream
+    return None
+
+
+def describe_error(e: BaseException) -> str:
+    """One line: the exception and, for the client's terse "Connection error.", its underlying cause."""
+    text = f"{type(e).__name__}: {e}"
+    cause = e.__cause__ or e.__context__
+    if cause is not None and type(e).__name__ in ("APIConnectionError", "APITimeoutError"):
+        text += f" ({type(cause).__name__}: {cause})"
+    return " ".join(text.split())
+
+
 class ResponseCache:
-    """Append-only JSONL cache: key -> response record. Safe to interrupt: a torn last line is ignored."""
+    """Append-only JSONL cache: key -> response record.
+
+    Safe to kill at any moment: each record is one write, flushed and fsynced before the answer is used,
+    so a cached answer survives a crash of the process or the machine. A record torn by a kill mid-write
+    is skipped on load, and the next append first ends the torn line, so it is never glued onto it."""
 
     def __init__(self, path: str | os.PathLike | None):
         self.path = Path(path) if path else None
         self.entries: dict[str, dict] = {}
         self.lock = threading.Lock()
+        self.skipped = 0  # lines that could not be read back (torn or corrupt)
         if self.path and self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
+            # Bytes, not text: a torn line may end inside a multi-byte character.
+            for line in self.path.read_bytes().splitlines():
                 try:
                     record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                self.entries[record["key"]] = record
+                    self.entries[record["key"]] = record
+                except (ValueError, TypeError, KeyError):
+                    self.skipped += bool(line.strip())
 
     @staticmethod
     def key(*parts) -> str:
@@ -137,15 +223,30 @@ class ResponseCache:
     def put(self, key: str, record: dict) -> None:
         with self.lock:
             self.entries[key] = {"key": key, **record}
-            if self.path:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(self.entries[key]) + "\n")
-                    f.flush()
+            if not self.path:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            data = (json.dumps(self.entries[key]) + "\n").encode()
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    data = b"\n" + data  # end a line torn by a kill, or this record would be lost with it
+                while data:  # one write in practice: O_APPEND keeps concurrent appenders apart
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 class OpenAIJudge:
-    """Chat-completions judge. `ask` returns (answer text, prompt tokens, completion tokens, cached)."""
+    """Chat-completions judge. `ask` returns (answer text, prompt tokens, completion tokens, cached) or
+    raises JudgeRequestError; `judge` never raises for a request: a failed row carries its reason.
+
+    Retries: `max_retries` more requests after a transient fault (TRANSIENT). A 429 or 5xx with a
+    Retry-After header waits what the server asks; other faults back off exponentially from `backoff`
+    seconds with jitter. Either wait is capped at `max_wait` seconds. After a 429 every worker thread
+    holds off until the wait is over, so a concurrent run does not keep hammering a rate-limited server."""
 
     name = "openai"
 
@@ -165,27 +266,54 @@ class OpenAIJudge:
         cache: ResponseCache | None = None,
         prices: tuple[float, float] | None = None,
         judge_seed: int = 0,
+        max_wait: float = 60.0,
     ):
         from openai import OpenAI
 
+        api_key = api_key or os.environ.get("OPENAI_API_KEY") or "not-set"
         self.client = OpenAI(
             base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
-            api_key=api_key or os.environ.get("OPENAI_API_KEY") or "not-set",
-            max_retries=0,  # our own loop: it logs attempts and backs off exponentially
+            api_key=api_key,
+            max_retries=0,  # our own loop: it honours Retry-After, classifies failures and caps waits
             timeout=timeout,
         )
+        # Kept only to scrub it from what the server sends back (error messages, answers): a proxy or a
+        # 401 that quotes the key must not carry it into the judged table, the cache or the logs.
+        self._secret = api_key if len(api_key) >= 8 else None
         self.model, self.temperature, self.seed = model, temperature, seed
         self.template = template or load_template()
         self.parse_mode, self.strict_retries = parse_mode, strict_retries
-        self.max_retries, self.backoff = max_retries, backoff
-        self.cache = cache or ResponseCache(None)
+        self.max_retries, self.backoff, self.max_wait = max_retries, backoff, max_wait
+        self.cache = cache if cache is not None else ResponseCache(None)
         self.prices = prices or PRICES.get(model, (0.0, 0.0))
         self.judge_seed = judge_seed
         self.requests = 0
+        self._lock = threading.Lock()
+        self._resume_at = 0.0  # time.monotonic() before which no worker sends (set by a 429)
+
+    def scrub(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret and text else text
+
+    def _wait_turn(self) -> None:
+        """Hold off while a rate limit pause set by any worker lasts."""
+        while (delay := self._resume_at - time.monotonic()) > 0:
+            time.sleep(delay)
+
+    def _backoff(self, retry: int, e: BaseException, reason: str) -> float:
+        """Seconds to wait before the next try: the server's Retry-After if it sent one, else exponential
+        backoff with jitter; capped at max_wait either way."""
+        asked = retry_after_seconds(e)
+        if asked is not None:
+            wait = asked * (1.0 + 0.1 * random.random())  # jitter upward only: never sooner than asked
+        else:
+            wait = self.backoff * 2**retry * (0.5 + random.random())
+        wait = min(wait, self.max_wait)
+        if reason == "rate_limited":
+            with self._lock:
+                self._resume_at = max(self._resume_at, time.monotonic() + wait)
+        return wait
 
     def ask(self, prompt: str, attempt: int = 0) -> tuple[str, int, int, bool]:
-        import openai
-
         key = ResponseCache.key(self.model, self.temperature, self.seed, prompt, attempt)
         hit = self.cache.get(key)
         if hit is not None:
@@ -198,28 +326,26 @@ class OpenAIJudge:
             {"role": "user", "content": prompt},
         ]
         for retry in range(self.max_retries + 1):
-            try:
+            self._wait_turn()
+            with self._lock:
                 self.requests += 1
+            try:
                 out = self.client.chat.completions.create(model=self.model, messages=messages, **kwargs)
+                answer = out.choices[0].message.content or ""  # a body without choices: bad_response
+                usage = out.usage
                 break
-            except (openai.RateLimitError, openai.APITimeoutError, openai.APIConnectionError) as e:
-                error = e
-            except openai.APIStatusError as e:
-                if e.status_code < 500:
-                    raise
-                error = e
-            if retry == self.max_retries:
-                raise error
-            time.sleep(self.backoff * 2**retry * (0.5 + random.random()))
-        answer = out.choices[0].message.content or ""
-        usage = out.usage
+            except Exception as e:  # noqa: BLE001 - classified: transient faults are retried, others reported
+                reason = classify_failure(e)
+                if reason not in TRANSIENT or retry == self.max_retries:
+                    raise JudgeRequestError(reason, self.scrub(describe_error(e))[:300], retry + 1) from None
+                time.sleep(self._backoff(retry, e, reason))
         record = {
-            "answer": answer,
+            "answer": self.scrub(answer),
             "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
             "completion_tokens": getattr(usage, "completion_tokens", 0) or 0,
         }
         self.cache.put(key, record)
-        return answer, record["prompt_tokens"], record["completion_tokens"], False
+        return record["answer"], record["prompt_tokens"], record["completion_tokens"], False
 
     def judge(self, key: str, query: str, response: str, reference: str, position: str) -> Judgement:
         a, b = (response, reference) if position == "A" else (reference, response)
@@ -229,9 +355,12 @@ class OpenAIJudge:
         for attempt in range(tries):
             try:
                 answer, p_tok, c_tok, _ = self.ask(prompt, attempt)
-            except Exception as e:  # noqa: BLE001 - reported per row, the run goes on
-                result.error = f"{type(e).__name__}: {e}"[:300]
-                result.parsed = False
+            except JudgeRequestError as e:  # reported per row, the run goes on
+                result.error, result.failure, result.parsed = str(e), e.reason, False
+                return result
+            except Exception as e:  # noqa: BLE001 - a bug here must not lose the rows judged so far
+                result.error = self.scrub(describe_error(e))[:300]
+                result.failure, result.parsed = "error", False
                 return result
             result.attempts += 1
             result.prompt_tokens += p_tok
@@ -245,7 +374,7 @@ class OpenAIJudge:
         if verdict is None and self.parse_mode == "paper":
             verdict, result.guessed = coin_flip(self.judge_seed, key), True  # the reference's random choice
         if verdict is None:
-            result.parsed = False
+            result.parsed, result.failure = False, "unparsed"
             return result
         result.preferred = "policy" if verdict == position else "reference"
         return result
@@ -363,6 +492,7 @@ def judge_rows(
             completion_tokens=j.completion_tokens,
             cost=j.cost,
             error=j.error,
+            failure=j.failure,
             **j.extra,
         )
         if both_orders:
@@ -376,6 +506,7 @@ def judge_rows(
             )
             out["preferred_swapped"] = swapped.preferred
             out["raw_answer_swapped"] = swapped.raw_answer
+            out["failure_swapped"] = swapped.failure
             out["cost"] = out["cost"] + swapped.cost
         return out
 
@@ -384,12 +515,22 @@ def judge_rows(
 
 
 def summarize(judged: list[dict]) -> dict:
-    """Counts, win rate over rows with a verdict, parse failures, cost; position bias in both-orders mode."""
+    """Counts, win rate over rows with a verdict, failures by reason, cost; position bias in both-orders mode.
+
+    `n_failed` counts rows with no verdict and `failures` maps each FAILURE_REASONS key seen to its count
+    (paper-mode coin flips are verdicts, counted in `n_guessed`, not failures). `n_unparsed` keeps its old
+    meaning: rows marked parsed=False, request failures included."""
     verdicts = [r for r in judged if r["preferred"]]
     wins = sum(r["preferred"] == "policy" for r in verdicts)
+    reasons = [r.get("failure") or ("error" if not r["preferred"] else "") for r in judged]
+    failures: dict[str, int] = {}
+    for reason in filter(None, reasons):
+        failures[reason] = failures.get(reason, 0) + 1
     out = {
         "n": len(judged),
         "n_verdict": len(verdicts),
+        "n_failed": sum(map(bool, reasons)),
+        "failures": dict(sorted(failures.items())),
         "n_unparsed": sum(not r["parsed"] for r in judged),
         "n_guessed": sum(bool(r["guessed"]) for r in judged),
         "n_errors": sum(bool(r.get("error")) for r in judged),
@@ -398,6 +539,9 @@ def summarize(judged: list[dict]) -> dict:
         "completion_tokens": sum(int(r["completion_tokens"]) for r in judged),
         "cost_usd": round(sum(float(r["cost"]) for r in judged), 6),
     }
+    swapped_failures = [r["failure_swapped"] for r in judged if r.get("failure_swapped")]
+    if swapped_failures:
+        out["n_failed_swapped"] = len(swapped_failures)
     both = [r for r in judged if r.get("preferred_swapped") and r["preferred"]]
     if both:
         # Each pair judged with the policy shown first and second: an unbiased judge names the same

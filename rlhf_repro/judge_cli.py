@@ -7,15 +7,21 @@
 The input needs `query`, `response` and `reference` columns (any stage's query_responses_*.csv, or the
 OpenAI-baseline CSV). The output keeps every input column and adds `preferred` (policy / reference /
 empty when no verdict), `policy_position` (A/B), `raw_answer`, `explanation`, `judge`, `parsed`,
-`guessed`, `attempts`, token counts and `cost`. A summary JSON (win rate over rows with a verdict,
-unparsed and guessed counts, tokens, cost; order consistency with --both-orders) is printed and written
-next to the output as OUT.summary.json.
+`guessed`, `attempts`, token counts, `cost`, `error` and `failure` (why a row has no verdict: rate_limited,
+server_error, timeout, connection, bad_response, client_error, unparsed or error). A summary JSON (win rate
+over rows with a verdict, failed rows by reason, unparsed and guessed counts, tokens, cost; order
+consistency with --both-orders) is printed and written next to the output as OUT.summary.json.
+
+Exit status: 0; 2 for bad input (one line naming the file, line and column); 1 when more than
+--max-failed-fraction of the rows (default 0.1) got no verdict, or every row failed: the table and summary
+are still written, and rerunning the same command asks again only the failed rows (answers are cached).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -28,10 +34,26 @@ def read_table(path: Path, limit: int | None, response_column: str = "response",
     """Rows with `query`, `response` and `reference` (renamed from the given columns; a reference is cut
     at the first <|endoftext|>, as the reference's judge does)."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        raw = path.read_bytes()
     except OSError as e:
         raise InputError(f"cannot read ({e.strerror})", path) from None
+    try:
+        text = raw.decode("utf-8-sig")  # -sig: a byte-order mark (Excel's UTF-8 export) is not part of a name
+    except UnicodeDecodeError as e:
+        offset = e.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
+        line = raw.count(b"\n", 0, offset) + 1
+        raise InputError(
+            f"not valid UTF-8 (byte {raw[offset : offset + 1]!r} at offset {offset}); save the table as UTF-8",
+            path,
+            line=line,
+            field=_column_of_bad_byte(raw),
+        ) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        rows = list(reader)
+    except csv.Error as e:  # e.g. a field over the csv module's size limit
+        # The inner reader's line_num counts the line it failed on; DictReader's lags one record behind.
+        raise InputError(f"not a readable CSV ({e})", path, line=reader.reader.line_num) from None
     wanted = ("query", response_column, reference_column)
     if rows:
         missing = [c for c in wanted if c not in rows[0]]
@@ -43,6 +65,29 @@ def read_table(path: Path, limit: int | None, response_column: str = "response",
                 raise InputError("row has fewer fields than the header", path, line=i, field=c)
         row["response"], row["reference"] = row[response_column], row[reference_column].split("<|endoftext|>")[0]
     return rows[:limit] if limit else rows
+
+
+def _column_of_bad_byte(raw: bytes) -> str | None:
+    """The header name of the column holding the first byte that is not UTF-8 (None if in the header)."""
+    # surrogateescape maps each undecodable byte to one lone surrogate, so the CSV still parses and the
+    # first field holding a surrogate is the culprit.
+    text = raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+
+    def bad(value: str) -> bool:
+        return any("\udc80" <= ch <= "\udcff" for ch in value)
+
+    try:
+        records = csv.reader(io.StringIO(text, newline=""))
+        header = next(records, [])
+        if any(map(bad, header)):
+            return None
+        for record in records:
+            for i, value in enumerate(record):
+                if bad(value):
+                    return header[i] if i < len(header) else f"column {i + 1}"
+    except csv.Error:
+        pass
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,9 +122,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict-retries", type=int, default=2, help="strict mode: re-asks of an unparseable answer")
     p.add_argument("--template", default=None, help="prompt template file with {post}, {summary_a}, {summary_b}")
     p.add_argument("--concurrency", type=int, default=11, help="parallel requests (the reference: 11)")
-    p.add_argument("--max-retries", type=int, default=6, help="retries on 429/5xx/timeouts, exponential backoff")
+    p.add_argument(
+        "--max-retries",
+        type=int,
+        default=6,
+        help="retries of a request after a transient fault: 429, 5xx, timeout, dropped connection, truncated body",
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     p.add_argument("--backoff", type=float, default=1.0, help="first backoff in seconds (doubles per retry)")
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        default=60.0,
+        help="longest wait before a retry, in seconds: caps both the backoff and a server's Retry-After",
+    )
+    p.add_argument(
+        "--max-failed-fraction",
+        type=float,
+        default=0.1,
+        help="exit 1 when more than this fraction of rows got no verdict (see `failures` in the summary; "
+        "paper-mode coin flips are verdicts). A win rate over the rows that happened to succeed can be "
+        "biased, so a run that lost many rows is an error, not a result. The table and summary are written "
+        "anyway; rerun to ask again only the failed rows. A run with no verdict at all always exits 1",
+    )
     p.add_argument("--cache", default=None, help="response cache JSONL (default: OUT.cache.jsonl)")
     p.add_argument("--price-prompt", type=float, default=None, help="USD per 1M prompt tokens (default: known models)")
     p.add_argument("--price-completion", type=float, default=None, help="USD per 1M completion tokens")
@@ -130,6 +195,7 @@ def make_judge(args):
         max_retries=args.max_retries,
         timeout=args.timeout,
         backoff=args.backoff,
+        max_wait=args.max_wait,
         cache=J.ResponseCache(args.cache or f"{args.out}.cache.jsonl"),
         prices=prices,
         judge_seed=args.seed,
@@ -219,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     if (args.input is None) == (args.pairs is None):
         print("error: give exactly one of --input and --pairs", file=sys.stderr)
         return 2
+    if not 0.0 <= args.max_failed_fraction <= 1.0:
+        print("error: --max-failed-fraction must be between 0 and 1", file=sys.stderr)
+        return 2
     try:
         if args.pairs:
             rows = pair_rows(args)
@@ -245,6 +314,22 @@ def main(argv: list[str] | None = None) -> int:
         summary |= pair_summary(judged)
     atomic_write_text(Path(f"{out}.summary.json"), json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
+    return failure_status(summary, args.max_failed_fraction)
+
+
+def failure_status(summary: dict, max_failed_fraction: float) -> int:
+    """0, or 1 with one line on stderr when too many rows (or all of them) got no verdict. Some failures
+    under the threshold get a one-line warning, so they are never silent."""
+    n, failed = summary["n"], summary["n_failed"]
+    if not failed:
+        return 0
+    reasons = ", ".join(f"{k}: {v}" for k, v in summary["failures"].items())
+    what = f"{failed} of {n} rows got no verdict ({reasons})"
+    if failed == n or failed > max_failed_fraction * n:
+        limit = "every row failed" if failed == n else f"over --max-failed-fraction {max_failed_fraction:g}"
+        print(f"error: {what}, {limit}; rerun to ask again only those rows (answers are cached)", file=sys.stderr)
+        return 1
+    print(f"warning: {what}; the win rate is over the other rows", file=sys.stderr)
     return 0
 
 

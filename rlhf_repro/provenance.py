@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -24,7 +25,44 @@ PACKAGES = (
     "deepspeed",
     "trl",
 )
-SECRET_ENV_HINTS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+# Secret names, matched on a name's last word (words split at "_", "-", "." and camelCase), because the
+# last word says what the value is: `openai_api_key` is a key, `api_key_env` names an environment
+# variable. A substring match ("TOKEN" anywhere) also masked `tokenizer`, `pad_token` and `truncate_token`,
+# hiding the settings a reader of config.json needs.
+SECRET_LAST_WORDS = frozenset(
+    {"key", "apikey", "secret", "password", "passwd", "passphrase", "credential", "credentials"}
+    | {"apitoken", "authtoken", "accesstoken", "hftoken"}
+)
+# "token" is a secret only alone or after a word that makes it a credential (hf_token, WANDB_TOKEN,
+# auth/access/api/bearer/session token); after anything else it is a vocabulary token (pad_token).
+SECRET_TOKEN_QUALIFIERS = frozenset(
+    {"hf", "hub", "huggingface", "wandb", "openai", "github", "gh", "auth", "access", "api", "bearer", "session"}
+    | {"refresh", "oauth", "secret", "private", "personal", "bot", "id"}
+)
+
+
+def name_words(name: str) -> list[str]:
+    """Lower-case words of an identifier, flag or environment variable: "--hfToken" -> ["hf", "token"],
+    "HFToken" -> ["hf", "token"]."""
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name.lstrip("-"))
+    spaced = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1 \2", spaced)  # an acronym before a word: HF|Token
+    return [w for w in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if w]
+
+
+def is_secret_name(name: str) -> bool:
+    """True for names whose value is a credential: api_key, *_key, secret, password, token, hf_token,
+    wandb/auth/access token; False for tokenizer, pad_token, truncate_token, max_tokens, api_key_env."""
+    words = name_words(name)
+    if not words:
+        return False
+    last = words[-1]
+    if last in SECRET_LAST_WORDS:
+        return True
+    if last == "token":
+        return len(words) == 1 or words[-2] in SECRET_TOKEN_QUALIFIERS
+    return False
+
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -95,15 +133,16 @@ def input_record(name_or_path: str | None, revision: str | None = None) -> dict 
 
 
 def redact_argv(argv: list[str]) -> list[str]:
-    """argv with the value of any --*key*/--*token*/--*secret* flag replaced: secrets never reach files."""
+    """argv with the value of every flag named as a secret (`is_secret_name`: --api-key, --hf-token, ...)
+    replaced by ***, as `--flag VALUE` or `--flag=VALUE`: secrets never reach files."""
     out, hide_next = [], False
     for a in argv:
         if hide_next:
             out.append("***")
             hide_next = False
             continue
-        flag = a.split("=", 1)[0].upper()
-        if a.startswith("--") and any(h in flag for h in SECRET_ENV_HINTS):
+        flag = a.split("=", 1)[0]
+        if a.startswith("--") and is_secret_name(flag):
             if "=" in a:
                 out.append(a.split("=", 1)[0] + "=***")
             else:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
+import struct
 import sys
 import threading
 import time
@@ -44,62 +46,109 @@ def test_positions_are_seeded_per_row_and_balanced():
 
 class ChatServer:
     """A local server speaking the chat-completions protocol. `script` is a list of actions consumed one
-    per request (then `default`): an int status code, ("sleep", seconds), or an answer string."""
+    per request (then `default`). An action is:
+
+    - an answer string: a 200 with that text as the assistant's message;
+    - an int status code: that error status with a JSON error body;
+    - ("sleep", seconds): wait (the client times out, or gets a slow answer), then answer with `default`
+      (GOOD_A when `default` is itself a sleep);
+    - ("raw", body): a 200 with that body, e.g. an HTML error page from a proxy;
+    - ("status", code, headers): that status with extra headers, e.g. {"Retry-After": "0.2"};
+    - ("close",): close the connection without a word (the client sees a disconnect);
+    - ("reset",): abort the connection with a TCP RST (connection reset by peer);
+    - ("truncate", answer): a 200 whose body is cut mid-JSON (Content-Length matches the cut body);
+    - ("short", answer): a 200 announcing the full body length but sending half, then closing;
+    - ("echo_auth", code): a hostile error whose message quotes the Authorization header back.
+
+    `requests` counts requests, `prompts` keeps their bodies and `auth` their Authorization headers."""
 
     def __init__(self, default=GOOD_A):
         self.script, self.default, self.requests, self.prompts, self.auth = [], default, 0, [], []
+        self.times: list[float] = []  # time.monotonic() of each request, to check the waits between them
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *a):
                 pass
 
+            def completion(self, body, text) -> bytes:
+                return json.dumps(
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [
+                            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                        ],
+                        "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
+                    }
+                ).encode()
+
+            def reply(self, status: int, payload: bytes, headers: dict | None = None, length: int | None = None):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload) if length is None else length))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                try:
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with lock:
                     server.requests += 1
+                    server.times.append(time.monotonic())
                     server.prompts.append(body)
                     server.auth.append(self.headers.get("Authorization"))
                     action = server.script.pop(0) if server.script else server.default
-                if isinstance(action, tuple):
+                kind = action[0] if isinstance(action, tuple) else None
+                if kind == "sleep":
                     time.sleep(action[1])
-                    action = server.default
-                if isinstance(action, int):
-                    payload = json.dumps({"error": {"message": "scripted", "type": "x"}}).encode()
-                    self.send_response(action)
-                else:
-                    payload = json.dumps(
-                        {
-                            "id": "x",
-                            "object": "chat.completion",
-                            "created": 0,
-                            "model": body["model"],
-                            "choices": [
-                                {
-                                    "index": 0,
-                                    "finish_reason": "stop",
-                                    "message": {"role": "assistant", "content": action},
-                                }
-                            ],
-                            "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
-                        }
-                    ).encode()
-                    self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                try:
-                    self.wfile.write(payload)
-                except BrokenPipeError:
-                    pass
+                    action = server.default if not isinstance(server.default, tuple) else GOOD_A
+                    kind = action[0] if isinstance(action, tuple) else None
+                if kind == "raw":
+                    self.reply(200, action[1].encode())
+                    return
+                if kind == "close":
+                    self.close_connection = True
+                    return
+                if kind == "reset":
+                    # SO_LINGER with a zero timeout makes close() send an RST instead of a FIN.
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    return
+                if kind in ("truncate", "short"):
+                    full = self.completion(body, action[1])
+                    cut = full[: len(full) // 2]
+                    self.reply(200, cut, length=len(full) if kind == "short" else None)
+                    self.close_connection = True
+                    return
+                if kind == "echo_auth":
+                    message = f"Incorrect API key provided: {self.headers.get('Authorization')}"
+                    self.reply(action[1], json.dumps({"error": {"message": message, "type": "auth"}}).encode())
+                    return
+                if kind == "status" or isinstance(action, int):
+                    status, headers = (action[1], action[2]) if kind == "status" else (action, None)
+                    self.reply(status, json.dumps({"error": {"message": "scripted", "type": "x"}}).encode(), headers)
+                    return
+                self.reply(200, self.completion(body, action))
 
         lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
+    def user_prompts(self) -> list[str]:
+        return [p["messages"][1]["content"] for p in self.prompts]
+
     def close(self):
         self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -121,7 +170,9 @@ ROWS = [
 
 def make(server, tmp_path, **kw):
     kw.setdefault("cache", J.ResponseCache(tmp_path / "cache.jsonl"))
-    return J.OpenAIJudge(base_url=server.url, api_key="k", backoff=0.01, timeout=2.0, **kw)
+    kw.setdefault("backoff", 0.01)
+    kw.setdefault("timeout", 2.0)
+    return J.OpenAIJudge(base_url=server.url, api_key="k", **kw)
 
 
 def test_openai_judge_always_a_wins_where_the_policy_was_a_and_costs_are_counted(server, tmp_path):
