@@ -178,6 +178,8 @@ class Args(StageArgs):
     """Sampling temperature of every evaluation (R-04)."""
     max_eval_samples: int | None = None
     """Evaluate only the first N rows of each split at the end (default: all)."""
+    eval_splits: list[str] = field(default_factory=lambda: ["validation", "test"])
+    """Splits sampled and scored at the end into query_responses_{split}.csv."""
     sample_every: int = 220
     """Write the validation batch's samples every N updates (the reference's print_sample_output_freq)."""
 
@@ -210,7 +212,7 @@ DETAIL_FLAGS = (
     "ppo.kl_coef",
     "ppo.kl_ctl",
 )
-RESUME_IGNORED = (*STAGE_RESUME_IGNORED, "run_eval", "max_eval_samples", "sample_every")
+RESUME_IGNORED = (*STAGE_RESUME_IGNORED, "run_eval", "max_eval_samples", "sample_every", "eval_splits")
 
 
 class PolicyAndValue(torch.nn.Module):
@@ -319,6 +321,7 @@ def main(args: Args) -> dict:
     from rlhf_repro.training import (
         StageRun,
         check_finite,
+        check_finite_tensors,
         checkpoint_if_due,
         crash_point,
         load_training_state,
@@ -343,7 +346,7 @@ def main(args: Args) -> dict:
         args.query_dataset,
         {
             s: ("query_token", "reference_response_token", "query_reference_response_token")
-            for s in ("train", "validation", "test")
+            for s in dict.fromkeys(("train", "validation", *args.eval_splits))
         },
     )
     train = data["train"]
@@ -546,6 +549,18 @@ def main(args: Args) -> dict:
             advantages, returns = rl.gae(rewards, values, args.ppo.gamma, args.ppo.lam)
             advantages = rl.masked_whiten(advantages, ~padding_mask, all_reduce=all_reduce)
             advantages = torch.masked_fill(advantages, padding_mask, 0)
+            # Stop before any PPO step learns from a NaN/inf (the last good checkpoint stays the newest).
+            check_finite_tensors(
+                update + 1,
+                ckpt,
+                scores=raw_scores,
+                logprobs=logprobs,
+                ref_logprobs=ref_logprobs,
+                values=values,
+                rewards=rewards,
+                advantages=advantages,
+                returns=returns,
+            )
         times["time/ppo/generate"] = t_gen
         times["time/ppo/score"] = t_score
         times["time/ppo/rollout"] = time.time() - t0
@@ -699,7 +714,7 @@ def main(args: Args) -> dict:
     if args.run_eval:
         t_eval = time.time()
         unwrapped.eval()
-        for split in ("validation", "test"):
+        for split in args.eval_splits:
             metrics, table = evaluate(args, accelerator, unwrapped.policy, score_fn, tokenizer, data[split], split)
             run.log(metrics, step=num_updates)
             run.write_table(f"query_responses_{split}.csv", table)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -109,6 +109,8 @@ class Args(StageArgs):
     distribution, faster on CPU; see rlhf_repro/generation.py)."""
     max_eval_samples: int | None = None
     """Evaluate only the first N rows of each split (default: all)."""
+    eval_splits: list[str] = field(default_factory=lambda: ["validation", "test"])
+    """Splits to evaluate (loss, samples, ROUGE) at the end and with --eval-at-start."""
 
 
 # Flags of paper details: W&B tags name those that differ from the paper's defaults.
@@ -125,7 +127,7 @@ DETAIL_FLAGS = (
 )
 
 # Fields that do not change the training a checkpoint holds: a resumed run may change them.
-RESUME_IGNORED = (*STAGE_RESUME_IGNORED, "run_eval")
+RESUME_IGNORED = (*STAGE_RESUME_IGNORED, "run_eval", "eval_splits")
 
 
 TABLE_COLUMNS = ["row", "batch", "id", "query", "response", "reference", "response_token_len", "eos_present"]
@@ -199,7 +201,7 @@ def main(args: Args) -> dict:
     pad = tokenizer.pad_token_id
     splits = {"train": SFT_COLUMNS}
     if args.run_eval or args.eval_at_start:
-        splits.update(validation=SFT_COLUMNS, test=SFT_COLUMNS)
+        splits.update({split: SFT_COLUMNS for split in args.eval_splits})
     data = load_processed(args.query_dataset, splits)
     train = data["train"]
     check_padding(train, "reference_response_token", pad, "right", args.query_dataset)
@@ -262,7 +264,7 @@ def main(args: Args) -> dict:
             if row["step"] == 0:
                 summary.update({f"start/{k}": v for k, v in row.items() if k != "step"})
     elif args.eval_at_start:
-        for split in ("validation", "test"):
+        for split in args.eval_splits:
             metrics, table = evaluate(args, accelerator, model, tokenizer, data[split], split)
             run.log(metrics, step=0)
             run.write_table(f"query_responses_{split}_start.csv", table)
@@ -334,7 +336,7 @@ def main(args: Args) -> dict:
     # --- evaluation (§4.1, §4.3) -------------------------------------------------------------------
     if args.run_eval:
         t_eval = time.time()
-        for split in ("validation", "test"):
+        for split in args.eval_splits:
             metrics, table = evaluate(args, accelerator, model, tokenizer, data[split], split)
             run.log(metrics, step=num_updates)
             run.write_table(f"query_responses_{split}.csv", table)

@@ -43,6 +43,9 @@ def run_stage(args_type, main_fn, argv: list[str] | None, description: str | Non
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # NaN/inf in a loss or a rollout tensor (training.NumericalError)
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -55,19 +55,23 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and old.exists():  # killed between the two renames below: restore the old version
+        os.replace(old, path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old")
+    had_old = path.exists()
+    if had_old:
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
     os.replace(tmp, path)
-    if old is not None:
+    if had_old:
         shutil.rmtree(old, ignore_errors=True)
 
 

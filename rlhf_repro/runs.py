@@ -14,8 +14,8 @@ import os
 import random
 from pathlib import Path
 
-from rlhf_repro.io import atomic_write_json
-from rlhf_repro.provenance import SECRET_ENV_HINTS, provenance
+from rlhf_repro.io import InputError, atomic_write_json, atomic_write_text
+from rlhf_repro.provenance import is_secret_name, provenance
 
 
 def run_dir(results_dir: str | os.PathLike, experiment: str, stage: str, model_name: str, seed: int) -> Path:
@@ -23,12 +23,14 @@ def run_dir(results_dir: str | os.PathLike, experiment: str, stage: str, model_n
 
 
 def redact_config(config: dict) -> dict:
-    """Config with secret-looking fields (api_key, token, ...) replaced by '***'."""
+    """Config with the values of secret fields (`is_secret_name`: api_key, hf_token, password, ...)
+    replaced by '***', nested dicts included; None stays None ("not set" is not a secret). Fields that
+    merely mention tokens (tokenizer, pad_token, truncate_token) are kept."""
     out = {}
     for k, v in config.items():
         if isinstance(v, dict):
             out[k] = redact_config(v)
-        elif any(h in k.upper() for h in SECRET_ENV_HINTS) and v is not None:
+        elif is_secret_name(str(k)) and v is not None:
             out[k] = "***"
         else:
             out[k] = v
@@ -63,7 +65,7 @@ class MetricsWriter:
                 keep = keep[:keep_lines]
             else:
                 keep = [line for line in keep if json.loads(line).get("step", -1) <= resume_step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        atomic_write_text(self.path, "".join(line + "\n" for line in keep))  # a kill here keeps the old file
         self.lines = len(keep)
         self._f = open(self.path, "a", encoding="utf-8")
 
@@ -146,8 +148,8 @@ def save_checkpoint(
 ) -> Path:
     """Write model, optimizer, scheduler, RNG and `extra` (e.g. data position) to directory/state.pt.
 
-    Written to a temporary file and renamed, so the previous checkpoint stays valid until the new
-    one is complete.
+    Written to a temporary file (fsynced) and renamed, so a kill at any moment leaves a complete
+    checkpoint: the new one, or the previous one, which is kept as state.prev.pt until the next save.
     """
     import torch
 
@@ -162,11 +164,42 @@ def save_checkpoint(
         "extra": extra or {},
         "config": config,
     }
-    target = directory / "state.pt"
-    tmp = directory / ".state.pt.tmp"
-    torch.save(state, tmp)
+    target, previous, tmp = directory / CHECKPOINT, directory / PREVIOUS_CHECKPOINT, directory / ".state.pt.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if target.exists():
+        os.replace(target, previous)
     os.replace(tmp, target)
     return target
+
+
+CHECKPOINT, PREVIOUS_CHECKPOINT = "state.pt", "state.prev.pt"
+
+
+def _read_checkpoint(directory: Path) -> tuple[Path, dict] | None:
+    """The newest readable checkpoint in `directory`: state.pt, else state.prev.pt (a kill between the two
+    renames of `save_checkpoint`, or a damaged file); None when there is none."""
+    import torch
+
+    (directory / ".state.pt.tmp").unlink(missing_ok=True)  # a killed, incomplete write
+    damaged = []
+    for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+        path = directory / name
+        if not path.exists():
+            continue
+        try:
+            return path, torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # truncated or corrupt file: fall back to the previous checkpoint
+            damaged.append(f"{path} ({type(e).__name__}: {str(e)[:80]})")
+            print(f"warning: cannot read checkpoint {path}; trying the previous one")
+    if damaged:
+        raise InputError(
+            "no readable checkpoint: " + "; ".join(damaged) + " (remove the checkpoint folder to start over)",
+            directory,
+        )
+    return None
 
 
 def load_checkpoint(
@@ -176,17 +209,16 @@ def load_checkpoint(
 
     When `config` is given, the checkpoint must have been written under the same config.
     """
-    import torch
-
-    path = Path(directory) / "state.pt"
-    if not path.exists():
+    found = _read_checkpoint(Path(directory))
+    if found is None:
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    path, state = found
     if config is not None and state.get("config") is not None and state["config"] != config:
         changed = sorted(k for k in set(config) | set(state["config"]) if config.get(k) != state["config"].get(k))
-        raise ValueError(
-            f"{path}: checkpoint was written with a different config (fields {changed}); "
-            "rerun with the original flags or remove the checkpoint"
+        raise InputError(
+            f"checkpoint was written with a different config (fields {changed}); "
+            "rerun with the original flags or remove the checkpoint folder",
+            path,
         )
     model.load_state_dict(state["model"])
     if optimizer is not None and state["optimizer"] is not None:

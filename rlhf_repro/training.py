@@ -239,13 +239,52 @@ def changed_details(args, fields: tuple[str, ...]) -> list[str]:
     return out
 
 
-def check_finite(value: float, what: str, step: int, checkpoint_dir: Path) -> None:
-    """Stop on a NaN/inf loss, pointing at the last good checkpoint (nothing after it is kept)."""
+NAN_ENV = "RLHF_REPRO_INJECT_NAN"
+
+
+class NumericalError(FloatingPointError):
+    """A NaN/inf in a loss, reward, value or advantage: the stage stops with the update and the tensor
+    named; nothing after the last good checkpoint is kept, so a rerun resumes from it."""
+
+
+def inject_nan(name: str, step: int, value):
+    """Fault injection for tests: when RLHF_REPRO_INJECT_NAN is "<name>@<step>", return `value` (a float
+    or a tensor) with a NaN in it (the first element of a tensor, on a copy); otherwise `value` itself."""
+    if os.environ.get(NAN_ENV) != f"{name}@{step}":
+        return value
+    if isinstance(value, torch.Tensor):
+        value = value.detach().clone()
+        value.view(-1)[0] = float("nan")
+        return value
+    return float("nan")
+
+
+def _advice(checkpoint_dir: Path) -> str:
+    return (
+        f"the last good checkpoint is in {checkpoint_dir} (lower --lr or check the data, then rerun the same "
+        "command to resume from it)"
+    )
+
+
+def check_finite(value: float, what: str, step: int, checkpoint_dir: Path, key: str = "loss") -> None:
+    """Stop on a NaN/inf loss, pointing at the last good checkpoint (nothing after it is kept).
+    `key` names the value for the fault-injection hook (`inject_nan`)."""
+    value = inject_nan(key, step, value)
     if not math.isfinite(value):
-        raise FloatingPointError(
-            f"update {step}: {what} is {value}; the last good checkpoint is in {checkpoint_dir} "
-            "(lower --lr or check the data, then rerun to resume from it)"
-        )
+        raise NumericalError(f"update {step}: {what} is {value}; {_advice(checkpoint_dir)}")
+
+
+def check_finite_tensors(step: int, checkpoint_dir: Path, **tensors) -> None:
+    """Stop when any named tensor holds a NaN/inf, naming the tensor, how many entries and the first one."""
+    for name, tensor in tensors.items():
+        tensor = inject_nan(name, step, tensor)
+        bad = ~torch.isfinite(tensor.detach())
+        if bad.any():
+            first = tuple(int(i) for i in bad.nonzero()[0].tolist())
+            raise NumericalError(
+                f"update {step}: `{name}` has {int(bad.sum())} non-finite of {tensor.numel()} values "
+                f"(first at index {first}: {tensor[first].item()}); {_advice(checkpoint_dir)}"
+            )
 
 
 def save_training_state(accelerator, directory: Path, step: int, model, optimizer, scheduler, config, extra=None):

@@ -87,7 +87,7 @@ def test_quickstart_plan_uses_the_world_and_overrides_preset_flags(tmp_path):
     nodes = {n.key: n for n in R.plan(reg, "quickstart", R.Layout(tmp_path), R.PlanOptions())}
     assert list(nodes)[:3] == ["world", "datasets", "pretrain/tiny-m"]
     ppo = nodes["quickstart/ppo/tiny-m/1"].argv
-    assert ppo.count("--total-episodes") == 1 and ppo[ppo.index("--total-episodes") + 1] == "1024"
+    assert ppo.count("--total-episodes") == 1 and ppo[ppo.index("--total-episodes") + 1] == "896"
     assert ppo[ppo.index("--response-length") + 1] == "34"
     no_trick = nodes["quickstart-no-eos-trick/ppo/tiny-m/1"].argv
     assert "--no-non-eos-penalty" in no_trick and no_trick[no_trick.index("--response-length") + 1] == "34"
