@@ -49,8 +49,29 @@ def load_processed(source: str | os.PathLike, splits: dict[str, tuple[str, ...]]
                 source,
                 field=missing[0],
             )
+        for column in columns:
+            _check_token_column(dsd[split], column, source, split)
         out[split] = dsd[split]
     return out
+
+
+def _check_token_column(dataset, column: str, source, split: str) -> None:
+    """A `*_token` column must hold sequences of integers (token ids): anything else stops here with the
+    column named, not later as a traceback inside a batch."""
+    if not column.endswith("_token"):
+        return
+    feature = dataset.features[column]
+    inner = getattr(feature, "feature", None)
+    if inner is None and isinstance(feature, list) and feature:  # datasets' List feature as a plain list
+        inner = feature[0]
+    dtype = getattr(inner, "dtype", None)
+    if dtype is None or not str(dtype).startswith(("int", "uint")):
+        raise InputError(
+            f"split {split!r}: column holds {feature}, expected sequences of token ids (integers); "
+            "rebuild it with experiments/build_dataset.py",
+            source,
+            field=column,
+        )
 
 
 def token_batch(dataset, indices, *columns: str) -> list[torch.Tensor]:

@@ -83,6 +83,23 @@ def check_model_source(name_or_path: str | os.PathLike) -> None:
         raise InputError("no such model directory", name_or_path)
 
 
+def check_architecture(directory: str | os.PathLike, suffix: str, wanted: str) -> None:
+    """Stop when a local model directory's config.json names architectures that are not `*{suffix}`
+    (e.g. a reward model where a policy belongs), before transformers drops or invents weights."""
+    import json
+
+    path = Path(directory) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(f"unreadable model config ({type(e).__name__}: {e})", path) from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise InputError("not a transformers model config (no model_type)", path, field="model_type")
+    archs = config.get("architectures") or []
+    if archs and not any(str(a).endswith(suffix) for a in archs):
+        raise InputError(f"architectures {archs}: expected {wanted}", path, field="architectures")
+
+
 def load_causal_lm(name_or_path: str | os.PathLike, revision: str | None = None, dtype=None):
     """AutoModelForCausalLM from a hub id or a local save_pretrained directory, dropout disabled."""
     from transformers import AutoModelForCausalLM
@@ -92,6 +109,7 @@ def load_causal_lm(name_or_path: str | os.PathLike, revision: str | None = None,
     if dtype is not None:
         kwargs["dtype"] = dtype
     if Path(name_or_path).exists():
+        check_architecture(name_or_path, "ForCausalLM", "a causal language model (a pretrain, SFT or PPO model/)")
         model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
     else:
         model = from_hub("model", str(name_or_path), AutoModelForCausalLM.from_pretrained, str(name_or_path), **kwargs)

@@ -17,6 +17,7 @@ then moves the CNN/DM batches to validation_cnndm.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -32,14 +33,25 @@ PROMPT_RE = re.compile(
 )
 
 
+# A Reddit post is at most 40,000 characters; a field far beyond that is a broken export (a whole file in
+# one cell, a binary blob) that would only show up later as an out-of-memory or a tokenizer stall.
+MAX_FIELD_CHARS = 200_000
+
+
 def _require_str(row: dict, key: str, where: tuple, allow_empty: bool = False, prefix: str = "") -> str:
     if key not in row or row[key] is None:
-        raise InputError("missing", *where, field=prefix + key)
+        # Extra columns are normal (the real exports carry row, source_prompt, ...) and are ignored, but one
+        # that looks like the missing field is the likely culprit: name it.
+        near = difflib.get_close_matches(key, [str(k) for k in row if k not in (key,)], n=1, cutoff=0.75)
+        hint = f" (the row has an unexpected field {near[0]!r}: misnamed?)" if near else ""
+        raise InputError("missing" + hint, *where, field=prefix + key)
     value = row[key]
     if not isinstance(value, str):
         raise InputError(f"expected a string, got {type(value).__name__}", *where, field=prefix + key)
     if not allow_empty and not value.strip():
         raise InputError("empty", *where, field=prefix + key)
+    if len(value) > MAX_FIELD_CHARS:
+        raise InputError(f"{len(value):,} characters; the limit is {MAX_FIELD_CHARS:,}", *where, field=prefix + key)
     return value
 
 
@@ -89,6 +101,8 @@ def load_tldr(source: str | os.PathLike) -> dict[str, list[dict]]:
         split = {"valid": "validation"}.get(split, split)
         where = (f, lineno)
         clean = {key: _require_str(row, key, where, allow_empty=key == "summary") for key in TLDR_FIELDS}
+        if row.get("id") is not None and not isinstance(row["id"], (str, int)) or isinstance(row.get("id"), bool):
+            raise InputError(f"expected a string, got {type(row['id']).__name__}", *where, field="id")
         clean["id"] = str(row["id"]) if row.get("id") is not None else f"{Path(str(f)).stem}-{lineno}"
         if clean["id"] in seen:
             raise InputError(
