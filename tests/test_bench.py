@@ -18,6 +18,10 @@ def test_bench_generate_json():
     out = json.loads(r.stdout.strip().splitlines()[-1])
     for key in ("ours_tokens_per_s", "hf_generate_tokens_per_s", "speedup"):
         assert out[key] > 0, key
+    # Best call per sampler in the main keys, medians beside them (one repeat: the same call).
+    for name in ("ours", "hf_generate"):
+        assert out[f"{name}_tokens_per_s_median"] == pytest.approx(out[f"{name}_tokens_per_s"], rel=1e-3)
+    assert out["repeats"] == 1 and out["speedup_median"] > 0
     assert out["speedup"] == pytest.approx(out["ours_tokens_per_s"] / out["hf_generate_tokens_per_s"], rel=0.02)
     assert out["batch"] == 4 and out["response_length"] == 8 and out["threads"] == 1
 

@@ -214,3 +214,113 @@ def test_inverse_cdf_sampling_matches_softmax_frequencies():
     assert torch.all(tokens == 0) and torch.all(logp > -1e-6)
     tokens, logp = sample_from_logits(logits[:1], 0.5, generator=g)
     assert logp.item() == pytest.approx(torch.log_softmax(logits[0] / (0.5 + 1e-7), -1)[tokens.item()].item())
+
+
+def _slow_logp(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """float64 log_softmax(logits / (T + 1e-7)) at `tokens` (untempered at T == 0): the slow reference."""
+    scaled = logits.double() if temperature == 0 else logits.double() / (temperature + 1e-7)
+    return torch.log_softmax(scaled, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def test_two_level_inverse_cdf_matches_tempered_softmax_frequencies():
+    # 300 tokens span three CDF blocks of 128 (the last one partial, zero-padded); whole stretches of
+    # zero-probability tokens sit at the start, inside a block, across a block boundary and at the end.
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(300, generator=g) * 0.6
+    dead = torch.zeros(300, dtype=torch.bool)
+    dead[[0, 1, 2, 50, 127, 128, 129, 299]] = True
+    dead[200:260] = True
+    logits[dead] = -math.inf
+    rows, calls, temperature = 50_000, 8, 0.7
+    counts = torch.zeros(300, dtype=torch.float64)
+    for _ in range(calls):
+        tokens, logp = sample_from_logits(logits.expand(rows, -1), temperature, generator=g)
+        counts += torch.bincount(tokens, minlength=300).double()
+        assert (logp.double() - _slow_logp(logits.expand(rows, -1), tokens, temperature)).abs().max() < 1e-5
+    draws = rows * calls
+    expected = torch.softmax(logits.double() / (temperature + 1e-7), -1) * draws
+    assert counts[dead].sum() == 0  # zero-probability tokens never win
+    # Pearson chi-square over the live tokens (every expected count is above 50 here): df = 231, so the
+    # statistic's mean is 231 and its sd 21.5; 400 is 7.9 sd above the mean.
+    live = ~dead
+    assert expected[live].min() > 50
+    chi2 = ((counts[live] - expected[live]) ** 2 / expected[live]).sum().item()
+    assert chi2 < 400, chi2
+    # Total variation distance: sampling noise alone gives about 0.008 at 400k draws; T = 0.75 instead of 0.7
+    # gives 0.025 (and chi-square 1,700).
+    assert 0.5 * (counts - expected).abs().sum().item() / draws < 0.015
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.01, 0.7, 1.0, 2.0])
+def test_sampled_logprobs_match_a_float64_log_softmax(temperature):
+    # Pythia's 50,304-token vocabulary (393 whole CDF blocks) and one that ends in a partial block.
+    g = torch.Generator().manual_seed(12)
+    for vocab in (50304, 1000):
+        logits = torch.randn(64, vocab, generator=g) * 4
+        logits[:, ::7] = -math.inf  # zero-probability tokens
+        tokens, logp = sample_from_logits(logits, temperature, generator=g)
+        assert logp.dtype == torch.float32 and tokens.dtype == torch.long
+        assert torch.isfinite(logits.gather(-1, tokens.unsqueeze(-1))).all()
+        if temperature == 0:
+            assert torch.equal(tokens, logits.argmax(-1))
+        assert (logp.double() - _slow_logp(logits, tokens, temperature)).abs().max().item() < 1e-5
+
+
+def test_inverse_cdf_edges_never_pick_zero_mass_tokens():
+    from rlhf_repro.generation import _CDF_BLOCK, _inverse_cdf
+
+    # Mass only at tokens 3 and 200 of 256 (two blocks): u = 0 must give 3, u at or past the total
+    # (a rounded-up u * total) must give 200, never a zero-mass token or index 256.
+    e = torch.zeros(3, 2 * _CDF_BLOCK)
+    e[:, 3], e[:, 200] = 0.25, 0.75
+    blocks = e.view(3, 2, _CDF_BLOCK)
+    block_cdf = blocks.sum(-1).cumsum(-1)
+    u = torch.tensor([[0.0], [1.0], [5.0]])
+    assert _inverse_cdf(blocks, block_cdf, u).squeeze(-1).tolist() == [3, 200, 200]
+    assert _inverse_cdf(blocks, block_cdf, torch.full((3, 1), 0.2499)).squeeze(-1).tolist() == [3] * 3
+    assert _inverse_cdf(blocks, block_cdf, torch.full((3, 1), 0.25)).squeeze(-1).tolist() == [200] * 3
+
+
+def test_fast_sampler_logprobs_match_a_full_forward_of_its_samples(tiny_lm):
+    # The KV-cache loop (chunked prefill, in-place cache, hand-made LM head) must give the log-probs that one
+    # forward over query + response gives (positions from the mask, as the sampler derives them), with left
+    # padding of different amounts.
+    g = torch.Generator().manual_seed(13)
+    queries = torch.randint(2, 100, (6, 9), generator=g)
+    queries[0, :4] = PAD
+    queries[2, :8] = PAD
+    # float32 noise in the logits (~1e-7) is divided by the temperature, hence the wider tolerance at T = 0.01.
+    for temperature, tolerance in ((0.7, 1e-5), (0.0, 1e-5), (0.01, 1e-4)):
+        responses, logps = generate(tiny_lm, queries, PAD, 12, temperature, generator=g)
+        input_ids, mask = ops.model_inputs(torch.cat((queries, responses), 1), PAD)
+        positions = (mask.long().cumsum(1) - 1).clamp_min(0)
+        with torch.no_grad():
+            logits = tiny_lm(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits
+        reference = _slow_logp(logits[:, queries.size(1) - 1 : -1], responses, temperature)
+        assert (logps.double() - reference).abs().max().item() < tolerance
+
+
+def test_fast_sampler_is_the_same_with_any_prefill_chunking_and_without_the_hand_made_head(tiny_lm, monkeypatch):
+    from copy import deepcopy
+
+    from transformers import GPTNeoXForCausalLM
+
+    from rlhf_repro import generation
+
+    g = torch.Generator().manual_seed(14)
+    queries = torch.randint(2, 100, (7, 10), generator=g)
+    queries[1, :5] = PAD
+    queries[6, :9] = PAD
+    greedy, greedy_logps = generate(tiny_lm, queries, PAD, 9, 0.0)
+    monkeypatch.setattr(generation, "_PREFILL_TOKENS", 25)  # 2 rows per prefill chunk: 2, 2, 2 and 1
+    chunked, chunked_logps = generate(tiny_lm, queries, PAD, 9, 0.0)
+    assert torch.equal(chunked, greedy) and torch.allclose(chunked_logps, greedy_logps, atol=1e-5)
+
+    class Wrapped(GPTNeoXForCausalLM):
+        def forward(self, *args, **kwargs):  # an overridden forward: the sampler must call it, not the head
+            return super().forward(*args, **kwargs)
+
+    other = deepcopy(tiny_lm)
+    other.__class__ = Wrapped
+    plain, plain_logps = generate(other, queries, PAD, 9, 0.0)
+    assert torch.equal(plain, greedy) and torch.allclose(plain_logps, greedy_logps, atol=1e-5)
