@@ -593,7 +593,10 @@ def main(args: Args) -> dict:
                             ptx_pad=pad,
                         )
                         logits = logits[:, :-1]
-                        new_logprobs = response_logprobs(logits, responses[mb], args.temperature)
+                        # One softmax pass gives the new log-probs and the entropy statistic (rl.py).
+                        new_logprobs, entropy = rl.token_logprobs_and_entropy(
+                            logits, responses[mb], args.temperature + TEMPERATURE_EPS
+                        )
                         if not args.kl_after_eos:
                             new_logprobs = torch.masked_fill(new_logprobs, padding_mask[mb], rl.INVALID_LOGPROB)
                         vpred = torch.masked_fill(critic_scores[:, context_length - 1 : -1], padding_mask_p1[mb], 0)
@@ -610,8 +613,6 @@ def main(args: Args) -> dict:
                         optimizer.step()
                         optimizer.zero_grad()
                     with torch.no_grad():
-                        scaled = logits.float() / (args.temperature + TEMPERATURE_EPS)
-                        entropy = torch.logsumexp(scaled, -1) - (F.softmax(scaled, -1) * scaled).sum(-1)
                         for key, value in (
                             ("approxkl", pg_stats["approxkl"]),
                             ("pg_clipfrac", pg_stats["clipfrac"]),

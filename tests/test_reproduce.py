@@ -301,6 +301,16 @@ def test_quickstart_dry_run_prints_every_stage(tmp_path):
         assert f"# {key}: to run" in r.stdout, key
 
 
+def test_quickstart_size_seed_and_track_reach_the_stages(tmp_path):
+    r = cli("quickstart", "--out", str(tmp_path / "qs"), "--size", "tiny-s", "--seed", "7", "--track", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "# quickstart/sft/tiny-s/7: to run" in r.stdout and "tiny-m" not in r.stdout
+    sft = next(line for line in r.stdout.splitlines() if line.startswith("rlhf-repro sft "))
+    assert "--track" in sft and "--seed 7" in sft
+    pretrain = next(line for line in r.stdout.splitlines() if line.startswith("rlhf-repro pretrain "))
+    assert "--model-preset tiny-s" in pretrain and "--track" not in pretrain
+
+
 def test_num_processes_threads_and_quiet_do_what_they_say(tmp_path):
     r = cli("reproduce", "paper", "--preset", "paper", "--sizes", "1b", "--seeds", "1", "--launcher", "accelerate",
             "--num-processes", "2", "--dry-run", "--out", "runs")  # fmt: skip
