@@ -336,3 +336,25 @@ def test_ppo_with_the_gold_reward(small_datasets, eos_prone_model, tmp_path):
     assert all(r["objective/raw_scores"] == 0 for r in zero)  # the scale multiplies the gold score
     r = ppo(small_datasets, eos_prone_model, "", tmp_path / "x", "--reward-source", "gold")
     assert r.returncode == 2 and "--value-init" in r.stderr
+
+
+def test_eval_splits_pick_the_evaluated_tables_in_ppo_and_sft(
+    small_datasets, eos_prone_model, tiny_reward_model, tmp_path
+):
+    from tests.test_sft_reward_scripts import sft
+
+    flags = ("--run-eval", "--max-eval-samples", "4", "--total-episodes", "8", "--eval-splits", "validation")
+    run_ok(small_datasets, eos_prone_model, tiny_reward_model, tmp_path / "p", *flags)
+    run = tmp_path / "p" / "t" / "ppo" / "tiny" / "1"
+    assert (run / "query_responses_validation.csv").exists() and not (run / "query_responses_test.csv").exists()
+    summary = json.loads((run / "summary.json").read_text())
+    assert "validation/ppo/score" in summary and not any(k.startswith("test/") for k in summary)
+    r = ppo(small_datasets, eos_prone_model, tiny_reward_model, tmp_path / "bad", *flags[:-1], "nope")
+    assert r.returncode == 2 and "no split 'nope'" in r.stderr
+
+    extra = ("--total-episodes", "8", "--batch-size", "8", "--local-micro-batch-size", "4", "--run-eval")
+    r = sft(small_datasets, eos_prone_model, tmp_path / "s", *extra, "--eval-at-start", "--eval-splits", "test")
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "s" / "t" / "sft" / "tiny" / "1"
+    tables = sorted(p.name for p in run.glob("query_responses_*.csv"))
+    assert tables == ["query_responses_test.csv", "query_responses_test_start.csv"]
