@@ -54,7 +54,8 @@ from rlhf_repro.data import (
 )
 from rlhf_repro.generation import generate
 from rlhf_repro.io import InputError, atomic_directory
-from rlhf_repro.ops import forward, logprobs_from_logits, truncate_response
+from rlhf_repro.lm_head import next_token_logprobs, output_head
+from rlhf_repro.ops import truncate_response
 from rlhf_repro.pair_eval import evaluate_pairs
 from rlhf_repro.runs import model_name_of, run_dir
 from rlhf_repro.seeding import derived_seed, local_seed
@@ -175,13 +176,15 @@ RESUME_IGNORED = (
 )
 
 
-def sequence_logprobs(model, query_responses: torch.Tensor, labels: torch.Tensor, pad: int):
+def sequence_logprobs(model, query_responses: torch.Tensor, labels: torch.Tensor, pad: int, fused: bool = True):
     """(summed, mean) log-prob of each sequence's response tokens: positions where `labels` is not PAD
     (R-19; the appended EOS counts). Log-probs use the raw logits (no temperature), as in the reference."""
-    logits = forward(model, query_responses, pad).logits[:, :-1].float()
     targets = labels[:, 1:]
     mask = targets != pad
-    token_logprobs = logprobs_from_logits(logits, targets.masked_fill(~mask, 0)) * mask
+    # The LM head runs on the response positions only, and the body's last layer from the first of them on.
+    token_logprobs, _ = next_token_logprobs(
+        model, query_responses, pad, start=None, targets=targets, mask=mask, fused=fused
+    )
     summed = token_logprobs.sum(-1)
     return summed, summed / mask.sum(-1).clamp(min=1)
 
@@ -206,14 +209,14 @@ def dpo_loss(
     return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
 
 
-def pair_logprobs(model, batch: list[torch.Tensor], pad: int):
+def pair_logprobs(model, batch: list[torch.Tensor], pad: int, fused: bool = True):
     """((chosen summed, rejected summed), (chosen mean, rejected mean)) for a batch of DPO_COLUMNS, with
     chosen and rejected in one forward pass."""
     qc, lc, qr, lr = batch
     width = max(int((qc != pad).sum(1).max()), int((qr != pad).sum(1).max()))
     sequences = torch.cat((qc[:, :width], qr[:, :width]), 0)
     labels = torch.cat((lc[:, :width], lr[:, :width]), 0)
-    summed, mean = sequence_logprobs(model, sequences, labels, pad)
+    summed, mean = sequence_logprobs(model, sequences, labels, pad, fused)
     n = len(qc)
     return (summed[:n], summed[n:]), (mean[:n], mean[n:])
 
@@ -359,9 +362,13 @@ def main(args: Args) -> dict:
             + (f"; resuming from update {start}" if state else "")
         )
 
+    # Policy and reference take one log-prob path, so they agree bit for bit while their weights do: the fused
+    # LM head unless the prepared policy must be called through its own forward (DDP, autocast; `lm_head`).
+    fused = output_head(policy) is not None
+
     def logprobs(model, batch, precision_context):
         with precision_context:
-            return pair_logprobs(model, batch, pad)
+            return pair_logprobs(model, batch, pad, fused)
 
     # --- training loop ---------------------------------------------------------------------------
     policy.train()

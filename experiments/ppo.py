@@ -32,12 +32,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rlhf_repro import rl
 from rlhf_repro.data import check_padding, eval_batches, load_processed, permutation, token_batch
-from rlhf_repro.generation import TEMPERATURE_EPS, generate
+from rlhf_repro.generation import TEMPERATURE_EPS, generate, generate_many
 from rlhf_repro.io import InputError, atomic_directory
+from rlhf_repro.lm_head import next_token_logprobs
 from rlhf_repro.ops import forward, next_token_loss, trim_right_padding, truncate_response
 from rlhf_repro.reward_model import get_reward
 from rlhf_repro.runs import model_name_of, run_dir
@@ -223,25 +223,18 @@ class PolicyAndValue(torch.nn.Module):
         self.policy = policy
         self.critic = critic
 
-    def forward(self, input_ids, attention_mask, logits_to_keep: int, ptx_tokens=None, ptx_pad=None, **_):
-        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep).logits
-        values = self.critic(input_ids=input_ids, attention_mask=attention_mask)
+    def forward(self, query_responses, pad: int, context_length: int, temperature: float, ptx_tokens=None, **_):
+        """(new log-probs (B, R), entropy (B, R), values (B, T), PPO-ptx loss or None); the policy's LM head
+        runs on the response positions only and straight into the log-probs (`lm_head`)."""
+        logprobs, entropy = next_token_logprobs(
+            self.policy, query_responses, pad, start=context_length - 1, temperature=temperature, entropy=True
+        )
+        values = forward(self.critic, query_responses, pad, start=context_length - 1)  # positions C-1..T-1
         if ptx_tokens is None:
-            return logits, values, None
+            return logprobs, entropy, values, None
         # PPO-ptx: the pretraining-style loss runs inside the same (DDP-wrapped) forward.
-        ptx_logits = forward(self.policy, ptx_tokens, ptx_pad).logits
-        return logits, values, next_token_loss(ptx_logits, ptx_tokens, ptx_pad)
-
-
-def response_logprobs(logits: torch.Tensor, responses: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Log-probs of `responses` under logits (B, R, V) divided by the rollout temperature (R-01)."""
-    logp = F.log_softmax(logits.float() / (temperature + TEMPERATURE_EPS), dim=-1)
-    return torch.gather(logp, 2, responses.unsqueeze(-1)).squeeze(-1)
-
-
-def policy_logits(model, query_responses: torch.Tensor, pad: int, response_length: int) -> torch.Tensor:
-    """Next-token logits for the response positions only (B, R, V): the LM head runs on R+1 positions."""
-    return forward(model, query_responses, pad, logits_to_keep=response_length + 1).logits[:, :-1]
+        ptx_logits = forward(self.policy, ptx_tokens, pad).logits
+        return logprobs, entropy, values, next_token_loss(ptx_logits, ptx_tokens, pad)
 
 
 def query_rows(order_for_epoch, n: int, update: int, local_batch: int, rank: int, world: int) -> np.ndarray:
@@ -259,7 +252,8 @@ def make_scorer(args: Args, reward_model, classifier, tokenizer, device):
 
     def score(queries: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
         if classifier is None:
-            return get_reward(reward_model, torch.cat((queries, responses), 1), pad, queries.size(1))[1]
+            query_responses = torch.cat((queries, responses), 1)
+            return get_reward(reward_model, query_responses, pad, queries.size(1), start=queries.size(1) - 1)[1]
         texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
         return classifier(tokenizer.batch_decode(queries, skip_special_tokens=True), texts).to(device)
 
@@ -455,6 +449,7 @@ def main(args: Args) -> dict:
         return np.array([order[(start + i) % len(train)] for i in range(size)])
 
     all_reduce = (lambda t: accelerator.reduce(t, reduction="sum")) if args.whiten_scope == "global" else None
+    temperature = args.temperature + TEMPERATURE_EPS  # of every log-prob (R-01)
     validation_rows = eval_batches(len(data["validation"]), args.local_eval_batch_size, world, rank)[0]
 
     # --- training loop -----------------------------------------------------------------------------
@@ -475,14 +470,12 @@ def main(args: Args) -> dict:
         unwrapped = accelerator.unwrap_model(model)
         times = {}
 
-        # R-05: one validation batch per process, sampled at T=0.01 and scored, every update.
         t0 = time.time()
         with torch.no_grad():
+            # R-05: one validation batch per process, sampled at T=0.01 and scored, every update. It is sampled
+            # together with the first rollout chunk (`generate_many`: one decode loop, each row at its own T).
             (val_queries,) = (
                 t.to(accelerator.device) for t in token_batch(data["validation"], validation_rows, "query_token")
-            )
-            val_post, val_scores = sample_and_score(
-                args, unwrapped.policy, score_fn, val_queries, pad, eos, args.eval_temperature
             )
 
             # --- rollout ---------------------------------------------------------------------------
@@ -495,18 +488,24 @@ def main(args: Args) -> dict:
                 query = queries[i : i + args.local_rollout_forward_batch_size]
                 t1 = time.time()
                 # R-02: log-probs of the sampled tokens come from the sampling pass itself.
-                response, logprob = generate(
-                    unwrapped.policy, query, pad, args.response_length, args.temperature, args.sampler
-                )
+                batches = [(query, args.temperature)] + ([(val_queries, args.eval_temperature)] if i == 0 else [])
+                sampled = generate_many(unwrapped.policy, batches, pad, args.response_length, args.sampler)
+                response, logprob = sampled[0]
                 t_gen += time.time() - t1
                 t1 = time.time()
+                if i == 0:
+                    val_post = truncate_response(sampled[1][0], eos, pad)
+                    val_scores = score_fn(val_queries, val_post)
                 query_response = torch.cat((query, response), 1)
-                ref_logits = policy_logits(ref_policy, query_response, pad, args.response_length)
-                ref_logprob = response_logprobs(ref_logits, response, args.temperature)
+                ref_logprob, _ = next_token_logprobs(
+                    ref_policy, query_response, pad, start=context_length - 1, temperature=temperature
+                )
                 # 1. truncate after the first EOS (R-06)
                 postprocessed = truncate_response(response, eos, pad)
                 # Critic values: position t reads the state before response token t (detail 22).
-                full_value, _, _ = get_reward(unwrapped.critic, query_response, pad, context_length)
+                full_value, _, _ = get_reward(
+                    unwrapped.critic, query_response, pad, context_length, start=context_length - 1
+                )
                 # 2. score the truncated response (read at its EOS, detail 12)
                 score = score_fn(query, postprocessed)
                 t_score += time.time() - t1
@@ -514,7 +513,7 @@ def main(args: Args) -> dict:
                     ("responses", response),
                     ("logprobs", logprob),
                     ("ref_logprobs", ref_logprob),
-                    ("values", full_value[:, context_length - 1 : -1]),
+                    ("values", full_value[:, :-1]),  # positions C-1..T-2
                     ("scores", score),
                     ("postprocessed", postprocessed),
                 ):
@@ -584,22 +583,14 @@ def main(args: Args) -> dict:
                         (ptx_tokens,) = token_batch(train, rows, "query_reference_response_token")
                         ptx_tokens = trim_right_padding(ptx_tokens, pad).to(accelerator.device)
                     with accelerator.accumulate(model):
-                        logits, critic_scores, ptx_loss = forward(
-                            model,
-                            query_responses[mb],
-                            pad,
-                            logits_to_keep=args.response_length + 1,
-                            ptx_tokens=ptx_tokens,
-                            ptx_pad=pad,
-                        )
-                        logits = logits[:, :-1]
-                        # One softmax pass gives the new log-probs and the entropy statistic (rl.py).
-                        new_logprobs, entropy = rl.token_logprobs_and_entropy(
-                            logits, responses[mb], args.temperature + TEMPERATURE_EPS
+                        # The LM head runs on the response positions straight into the new log-probs and the
+                        # entropy statistic, with no (B, R, V) tensors allocated (lm_head.py).
+                        new_logprobs, entropy, critic_scores, ptx_loss = model(
+                            query_responses[mb], pad, context_length, temperature, ptx_tokens=ptx_tokens
                         )
                         if not args.kl_after_eos:
                             new_logprobs = torch.masked_fill(new_logprobs, padding_mask[mb], rl.INVALID_LOGPROB)
-                        vpred = torch.masked_fill(critic_scores[:, context_length - 1 : -1], padding_mask_p1[mb], 0)
+                        vpred = torch.masked_fill(critic_scores[:, :-1], padding_mask_p1[mb], 0)
                         pg_loss, pg_stats = rl.policy_loss(
                             new_logprobs, logprobs[mb], advantages[mb], ~padding_mask[mb], args.ppo.cliprange
                         )

@@ -163,7 +163,7 @@ def shuffled_order(args: Args, rank: int, n: int, keep: int | None):
 def pair_rewards(model, chosen: torch.Tensor, rejected: torch.Tensor, pad: int):
     """Rewards of the chosen and rejected sequences of a batch of pairs, in one forward pass."""
     query_responses = trim_right_padding(torch.cat((chosen, rejected), 0), pad)
-    _, rewards, _ = get_reward(model, query_responses, pad)
+    _, rewards, _ = get_reward(model, query_responses, pad, start=None)  # last layer from the earliest read on
     return rewards[: len(chosen)], rewards[len(chosen) :]
 
 

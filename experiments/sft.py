@@ -38,7 +38,8 @@ from rlhf_repro.data import (
 )
 from rlhf_repro.generation import generate
 from rlhf_repro.io import InputError, atomic_directory
-from rlhf_repro.ops import forward, next_token_loss, trim_right_padding, truncate_response
+from rlhf_repro.lm_head import next_token_nll
+from rlhf_repro.ops import trim_right_padding, truncate_response
 from rlhf_repro.runs import model_name_of, run_dir
 from rlhf_repro.seeding import derived_seed, local_seed
 from rlhf_repro.tables import sample_rows
@@ -153,9 +154,8 @@ def evaluate(args: Args, accelerator, model, tokenizer, dataset, split: str) -> 
             queries, references = (t.to(accelerator.device) for t in token_batch(dataset, idx, *SFT_COLUMNS[:2]))
             # The reference's eval loss: left-padded query followed by the right-padded reference (all tokens).
             query_references = trim_right_padding(torch.cat((queries, references), 1), pad)
-            logits = forward(unwrapped, query_references, pad).logits
             group = int(idx[0]) // args.local_eval_batch_size
-            batch_losses.append((group, next_token_loss(logits, query_references, pad).item()))
+            batch_losses.append((group, next_token_nll(unwrapped, query_references, pad).item()))
             responses, _ = generate(unwrapped, queries, pad, args.response_length, args.temperature, args.sampler)
             batch_rows = sample_rows(tokenizer, meta, idx, truncate_response(responses, eos, pad), references)
             rows += [{"batch": group, **r} for r in batch_rows]
@@ -299,8 +299,7 @@ def main(args: Args) -> dict:
             (tokens,) = token_batch(train, rows, "query_reference_response_token")
             tokens = trim_right_padding(tokens, pad).to(accelerator.device)
             with accelerator.accumulate(model):
-                logits = forward(model, tokens, pad).logits
-                loss = next_token_loss(logits, tokens, pad)  # detail 9: every non-PAD token, query included
+                loss = next_token_nll(model, tokens, pad)  # detail 9: every non-PAD token, query included
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()

@@ -128,9 +128,20 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench_ppo.add_arguments(ppo)
+    from rlhf_repro import bench_steps
+
+    steps = sub.add_parser(
+        "steps",
+        help="one training micro-step of SFT, RM, DPO, PPO and the optimizer: the obvious way vs ours",
+        description=bench_steps.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench_steps.add_arguments(steps)
     args = p.parse_args(argv)
     if args.what == "ppo":
         return bench_ppo.run(args)
+    if args.what == "steps":
+        return bench_steps.run(args)
     if args.model_shape == "tiny":
         args.model_shape = "tiny-m"
     out = bench_generate(args)

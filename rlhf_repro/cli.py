@@ -16,6 +16,8 @@
     rlhf-repro compare RESULTS_DIR                               ablation table (mean +- CI over seeds)
     rlhf-repro claims RESULTS_DIR --experiment E                 the paper's claims, PASS/FAIL with numbers
     rlhf-repro bench generate [--model-shape pythia-14m] [--json] sampling tokens/s: ours vs HF generate
+    rlhf-repro bench ppo [--model-shape pythia-14m] [--json]      PPO episodes/s: ours vs TRL's PPO trainer
+    rlhf-repro bench steps [--model-shape pythia-14m] [--json]    each stage's micro-step: obvious vs ours
     rlhf-repro quickstart [--out DIR]                            reproduce quickstart --preset tiny
 
 Stage commands forward their arguments to the stage script, so `rlhf-repro pretrain --help` and
@@ -199,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             "check the paper's qualitative claims on run folders",
             lambda a: _call("analysis.claims", "main", a),
         ),
-        "bench": ("benchmarks: rollout sampling speed (generate)", lambda a: _call("rlhf_repro.bench", "main", a)),
+        "bench": (
+            "benchmarks: sampling (generate), PPO vs TRL (ppo), stage micro-steps (steps)",
+            lambda a: _call("rlhf_repro.bench", "main", a),
+        ),
         "quickstart": (
             "the simulated world end to end: = reproduce quickstart --preset tiny",
             lambda a: _stage("rlhf_repro.quickstart", a),

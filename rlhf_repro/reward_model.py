@@ -21,6 +21,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from rlhf_repro.io import InputError, from_hub
+from rlhf_repro.lm_head import tail_of
 from rlhf_repro.ops import forward, reward_index
 
 MODEL_TYPE = "rlhf_repro_scalar"
@@ -58,11 +59,17 @@ class ScalarModel(PreTrainedModel):
         # __init__ (detail 11). Nothing here may re-initialize them.
         pass
 
-    def forward(self, input_ids=None, attention_mask=None, return_dict=None, **kwargs) -> torch.Tensor:
-        """Scores for every position, (B, T): head(last hidden state) - config.bias."""
+    def forward(self, input_ids=None, attention_mask=None, return_dict=None, start: int = 0, **kwargs) -> torch.Tensor:
+        """Scores for every position from `start` on, (B, T - start): head(last hidden state) - config.bias.
+
+        With `start` > 0 the body's last layer runs for those positions only (`lm_head.tail_of`)."""
         del return_dict  # the output is always a plain tensor
-        output = self.lm_backbone(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
-        return self.scalar_head(output.last_hidden_state).squeeze(-1) - self.config.bias
+        with tail_of(self.lm_backbone, start):
+            output = self.lm_backbone(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+        hidden = output.last_hidden_state
+        if hidden.size(1) == input_ids.size(1) and start:  # a body the tail does not apply to
+            hidden = hidden[:, start:]
+        return self.scalar_head(hidden).squeeze(-1) - self.config.bias
 
     @classmethod
     def from_sft(cls, backbone, source_model: str | None = None) -> ScalarModel:
@@ -88,13 +95,18 @@ AutoConfig.register(MODEL_TYPE, ScalarModelConfig, exist_ok=True)
 AutoModel.register(ScalarModelConfig, ScalarModel, exist_ok=True)
 
 
-def get_reward(model, query_responses: torch.Tensor, pad_token_id: int, context_length: int = 0):
-    """(per-position scores (B, T), score at the reward index (B,), reward index (B,)) (detail 12)."""
-    scores = forward(model, query_responses, pad_token_id)
+def get_reward(model, query_responses: torch.Tensor, pad_token_id: int, context_length: int = 0, start: int | None = 0):
+    """(per-position scores (B, T - start), score at the reward index (B,), reward index (B,)) (detail 12).
+
+    `start`: score positions start.. only (the body's last layer skips the others); None: from the batch's
+    earliest reward index, the first position anything here reads. Must not exceed any reward index."""
+    index = reward_index(query_responses, pad_token_id, context_length)
+    if start is None:
+        start = int(index.min())
+    scores = forward(model, query_responses, pad_token_id, **({"start": start} if start else {}))
     if not isinstance(scores, torch.Tensor):  # a wrapped model may return a ModelOutput
         scores = scores[0]
-    index = reward_index(query_responses, pad_token_id, context_length)
-    return scores, scores[torch.arange(scores.size(0), device=scores.device), index], index
+    return scores, scores[torch.arange(scores.size(0), device=scores.device), index - start], index
 
 
 def load_backbone(name_or_path: str | os.PathLike):

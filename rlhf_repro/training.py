@@ -128,12 +128,17 @@ def checkpoints_supported(accelerator) -> bool:
 
 
 def make_optimizer(name: str, params, lr: float, eps: float):
-    """Detail 8: AdamW(eps 1e-5) with PyTorch's defaults for betas (0.9, 0.999) and weight decay (0.01)."""
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, eps=eps)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, eps=eps)
-    raise InputError(f"unknown optimizer {name!r}; one of adam, adamw")
+    """Detail 8: AdamW(eps 1e-5) with PyTorch's defaults for betas (0.9, 0.999) and weight decay (0.01).
+
+    PyTorch's fused implementation (one kernel over all parameters; the same update rule, equal to the
+    for-loop one up to float rounding, tested) where the parameters are float CPU/CUDA tensors: on this
+    CPU it steps a pythia-14m policy and critic in ~15 ms instead of ~70-100 ms."""
+    if name not in ("adam", "adamw"):
+        raise InputError(f"unknown optimizer {name!r}; one of adam, adamw")
+    params = list(params)
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params) or None
+    return cls(params, lr=lr, eps=eps, fused=fused)
 
 
 def batch_geometry(

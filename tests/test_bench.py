@@ -1,4 +1,5 @@
-"""`rlhf-repro bench generate` runs and reports what it promises (a benchmark: numbers are not asserted)."""
+"""`rlhf-repro bench generate` and `bench steps` run and report what they promise (benchmarks: numbers are not
+asserted)."""
 
 import json
 
@@ -31,3 +32,18 @@ def test_bench_table_and_help():
             "--response-length", "4", "--repeats", "1")  # fmt: skip
     assert r.returncode == 0 and "speedup" in r.stdout and "| HF generate(do_sample=True) |" in r.stdout
     assert "--model-shape" in cli("bench", "generate", "--help").stdout
+
+
+def test_bench_steps_json_table_and_help():
+    small = ["--model-shape", "tiny-s", "--micro-batch", "2", "--prompt-length", "8", "--response-length", "6"]
+    r = cli("bench", "steps", *small, "--repeats", "1", "--threads", "1", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]  # it also stops if ours and the obvious version disagree
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    for name in ("sft", "rm", "dpo", "ppo", "optimizer"):
+        row = out[name]
+        assert row["obvious_seconds"] > 0 and row["ours_seconds"] > 0, name
+        assert row["speedup"] == pytest.approx(row["obvious_seconds"] / row["ours_seconds"], rel=0.05), name
+    assert out["micro_batch"] == 2 and out["threads"] == 1 and out["repeats"] == 1
+    r = cli("bench", "steps", *small, "--repeats", "1", "--threads", "1")
+    assert r.returncode == 0 and "| dpo |" in r.stdout and "best of 1" in r.stdout
+    assert "--micro-batch" in cli("bench", "steps", "--help").stdout

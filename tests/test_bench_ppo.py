@@ -40,12 +40,14 @@ def test_workload_gives_trl_the_same_reward_model_as_ours(tmp_path):
 
 
 def test_bench_ppo_ours_only_reports_rate_phases_and_memory():
-    r = cli("bench", "ppo", *SMALL, "--updates", "2", "--no-trl")
+    r = cli("bench", "ppo", *SMALL, "--updates", "2", "--warmup", "1", "--no-trl")
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     ours = out["ours"]
-    assert ours["episodes"] == 16 and len(ours["per_update_seconds"]) == 2
-    assert out["ours_episodes_per_s"] == pytest.approx(16 / ours["loop_seconds"], rel=1e-2)
+    assert ours["episodes"] == 24 and len(ours["per_update_seconds"]) == 3
+    # The rate counts the updates after the warm-up one; the all-updates rate stays beside it.
+    assert out["ours_episodes_per_s"] == pytest.approx(16 / sum(ours["per_update_seconds"][1:]), rel=1e-2)
+    assert ours["episodes_per_s_with_warmup"] == pytest.approx(24 / ours["loop_seconds"], rel=1e-2)
     assert all(ours["phases"][k] > 0 for k in ("generate", "score", "train")) and ours["peak_rss_mb"] > 50
     assert "speedup" not in out and out["trl_version"] is None
 
@@ -64,7 +66,7 @@ def test_bench_ppo_sweep_and_flag_errors():
 
 def test_bench_ppo_against_trl_when_installed():
     pytest.importorskip("trl.experimental.ppo", reason='TRL is the optional extra: pip install -e ".[bench]"')
-    r = cli("bench", "ppo", *SMALL, "--updates", "1")
+    r = cli("bench", "ppo", *SMALL, "--updates", "1", "--warmup", "0")
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["trl"]["episodes"] == out["ours"]["episodes"] == 8
