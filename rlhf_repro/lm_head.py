@@ -164,10 +164,13 @@ def token_logprobs(
     entropy (...) or None. Differentiable in `hidden` and `weight`; the entropy is a statistic (no
     gradient). `temperature` is the one the tokens were sampled at (R-01: the caller adds the 1e-7)."""
     lead = tokens.shape
-    h = hidden.reshape(-1, hidden.size(-1))
+    # In the head's own dtype, outside any autocast (the out= matmuls take no autocast; under mixed precision
+    # this is the fp32 head and softmax a bf16 `logits` path would only approximate).
+    h = hidden.reshape(-1, hidden.size(-1)).to(weight.dtype)
     if temperature != 1.0:
         h = h / temperature
-    logp, ent = _TokenLogprobs.apply(h, weight, tokens.reshape(-1), entropy, chunk_elements)
+    with torch.autocast(h.device.type, enabled=False):
+        logp, ent = _TokenLogprobs.apply(h, weight, tokens.reshape(-1), entropy, chunk_elements)
     return logp.view(lead), (ent.view(lead) if ent is not None else None)
 
 
@@ -179,9 +182,11 @@ def output_head(model) -> torch.Tensor | None:
     if "forward" in vars(model):
         return None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if isinstance(head, torch.nn.Linear) and head.bias is None:
-        return head.weight
-    return None
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        return None
+    if hasattr(head.weight, "ds_id"):  # DeepSpeed ZeRO-3: a partitioned parameter, gathered only by the module's hooks
+        return None
+    return head.weight
 
 
 # --- the last layer on the positions read only --------------------------------------------------------
@@ -223,7 +228,8 @@ def _tail_layer_forward(layer, start: int, hidden_states, attention_mask=None, p
 
 
 def tail_supported(body) -> bool:
-    """Whether `tail_hidden` can skip work on this body (a GPT-NeoX model with SDPA or eager attention)."""
+    """Whether `tail_hidden` can skip work on this body: a GPT-NeoX model with SDPA or eager attention and no
+    gradient checkpointing (whose recomputation in the backward pass would run the layer's own forward)."""
     layers = getattr(body, "layers", None)
     config = getattr(body, "config", None)
     return (
@@ -231,6 +237,7 @@ def tail_supported(body) -> bool:
         and layers is not None
         and len(layers) > 0
         and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+        and not getattr(body, "gradient_checkpointing", False)
     )
 
 

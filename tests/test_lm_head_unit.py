@@ -133,6 +133,9 @@ def test_tail_hidden_equals_the_full_forward_sliced_with_and_without_padding(par
             if a is not None:
                 assert (a - b).abs().max() < 1e-4
     assert "forward" not in vars(body.layers[-1])  # the layer's own forward is back
+    checkpointed = deepcopy(model)
+    checkpointed.gradient_checkpointing_enable()
+    assert not lm_head.tail_supported(checkpointed.base_model)  # its backward reruns the layer's forward
     assert torch.equal(lm_head.tail_hidden(body, tokens, PAD, 0), ops.forward(body, tokens, PAD).last_hidden_state)
 
 
@@ -246,3 +249,22 @@ def test_the_fused_optimizer_steps_like_the_for_loop_one():
             plain.step()
         for p, q in zip(params, twins):
             assert torch.allclose(p, q, atol=1e-6, rtol=0)
+
+
+def test_under_autocast_the_head_runs_in_its_own_dtype_and_zero3_params_are_left_alone(lm):
+    g = torch.Generator().manual_seed(12)
+    hidden = torch.randn(6, 16, generator=g).bfloat16().requires_grad_()
+    weight = torch.randn(50, 16, generator=g, requires_grad=True)
+    tokens = torch.randint(0, 50, (6,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logp, _ = lm_head.token_logprobs(hidden, weight, tokens, 0.7)
+    assert logp.dtype == torch.float32
+    want, _ = _obvious(hidden.float(), weight, tokens, 0.7)
+    assert (logp.double() - want).abs().max() < 1e-5
+    logp.sum().backward()
+    assert hidden.grad.dtype == torch.bfloat16 and weight.grad is not None
+    # A DeepSpeed ZeRO-3 parameter is a placeholder outside its module's hooks: the model's own head runs.
+    other = deepcopy(lm)
+    assert lm_head.output_head(other) is not None
+    other.get_output_embeddings().weight.ds_id = 7
+    assert lm_head.output_head(other) is None
