@@ -119,24 +119,21 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     gen.add_argument("--seed", type=int, default=0, help="seed of the weights, prompts and draws")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
-    from rlhf_repro import bench_ppo
+    from rlhf_repro import bench_ppo, bench_steps
 
-    ppo = sub.add_parser(
-        "ppo",
-        help="PPO episodes/s: ours vs TRL's PPO trainer; --sweep: time per update vs length and batch",
-        description=bench_ppo.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    bench_ppo.add_arguments(ppo)
-    from rlhf_repro import bench_steps
-
-    steps = sub.add_parser(
-        "steps",
-        help="one training micro-step of SFT, RM, DPO, PPO and the optimizer: the obvious way vs ours",
-        description=bench_steps.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    bench_steps.add_arguments(steps)
+    for name, module, help_ in (
+        ("ppo", bench_ppo, "PPO episodes/s: ours vs TRL's PPO trainer; --sweep: time per update vs length and batch"),
+        (
+            "steps",
+            bench_steps,
+            "one training micro-step of SFT, RM, DPO, PPO and the optimizer: the obvious way vs ours",
+        ),
+    ):
+        module.add_arguments(
+            sub.add_parser(
+                name, help=help_, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+            )
+        )
     args = p.parse_args(argv)
     if args.what == "ppo":
         return bench_ppo.run(args)

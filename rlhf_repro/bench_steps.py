@@ -112,34 +112,28 @@ def cases(args):
         scores.sum().backward()
         return scores.detach()
 
-    def dpo_obvious():
-        zero()
-        targets = labels[:, 1:]
-        mask = targets != pad
+    targets = labels[:, 1:]
+    mask = targets != pad
 
-        def summed(model):
-            logits = ops.forward(model, pairs, pad).logits[:, :-1].float()
-            return (ops.logprobs_from_logits(logits, targets.masked_fill(~mask, 0)) * mask).sum(-1)
+    def dpo_step(summed):
+        """Summed response log-probs of the policy (with gradients) and the reference (without)."""
 
-        with torch.no_grad():
-            reference = summed(ref)
-        out = summed(policy)
-        (out - reference).sum().backward()
-        return out.detach()
+        def run():
+            zero()
+            with torch.no_grad():
+                reference = summed(ref)
+            out = summed(policy)
+            (out - reference).sum().backward()
+            return out.detach()
 
-    def dpo_ours():
-        zero()
-        targets = labels[:, 1:]
-        mask = targets != pad
+        return run
 
-        def summed(model):
-            return lm_head.next_token_logprobs(model, pairs, pad, start=None, targets=targets, mask=mask)[0].sum(-1)
+    def summed_obvious(model):
+        logits = ops.forward(model, pairs, pad).logits[:, :-1].float()
+        return (ops.logprobs_from_logits(logits, targets.masked_fill(~mask, 0)) * mask).sum(-1)
 
-        with torch.no_grad():
-            reference = summed(ref)
-        out = summed(policy)
-        (out - reference).sum().backward()
-        return out.detach()
+    def summed_ours(model):
+        return lm_head.next_token_logprobs(model, pairs, pad, start=None, targets=targets, mask=mask)[0].sum(-1)
 
     def ppo_obvious():
         zero()
@@ -180,7 +174,7 @@ def cases(args):
     return {
         "sft": (sft_obvious, sft_ours),
         "rm": (rm_obvious, rm_ours),
-        "dpo": (dpo_obvious, dpo_ours),
+        "dpo": (dpo_step(summed_obvious), dpo_step(summed_ours)),
         "ppo": (ppo_obvious, ppo_ours),
         "optimizer": (step(loop), step(fused)),
     }
