@@ -238,6 +238,7 @@ def tail_supported(body) -> bool:
         and len(layers) > 0
         and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
         and not getattr(body, "gradient_checkpointing", False)
+        and not getattr(layers[-1], "gradient_checkpointing", False)
     )
 
 

@@ -134,7 +134,7 @@ def test_tail_hidden_equals_the_full_forward_sliced_with_and_without_padding(par
                 assert (a - b).abs().max() < 1e-4
     assert "forward" not in vars(body.layers[-1])  # the layer's own forward is back
     checkpointed = deepcopy(model)
-    checkpointed.gradient_checkpointing_enable()
+    checkpointed.activation_checkpointing_enable()
     assert not lm_head.tail_supported(checkpointed.base_model)  # its backward reruns the layer's forward
     assert torch.equal(lm_head.tail_hidden(body, tokens, PAD, 0), ops.forward(body, tokens, PAD).last_hidden_state)
 
