@@ -268,3 +268,18 @@ def test_under_autocast_the_head_runs_in_its_own_dtype_and_zero3_params_are_left
     assert lm_head.output_head(other) is not None
     other.get_output_embeddings().weight.ds_id = 7
     assert lm_head.output_head(other) is None
+
+
+def test_fused_false_takes_the_models_own_logits(lm, monkeypatch):
+    # DPO passes fused=False for both models when its prepared policy must run through its own forward.
+    tokens = torch.randint(2, 100, (2, 9), generator=torch.Generator().manual_seed(13))
+    fused, _ = lm_head.next_token_logprobs(lm, tokens, PAD, start=3)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the fused head ran")
+
+    monkeypatch.setattr(lm_head, "token_logprobs", refuse)
+    plain, _ = lm_head.next_token_logprobs(lm, tokens, PAD, start=3, fused=False)
+    assert plain.shape == fused.shape == (2, 5) and (plain - fused).abs().max() < 1e-5
+    with pytest.raises(AssertionError, match="fused head ran"):
+        lm_head.next_token_logprobs(lm, tokens, PAD, start=3)
