@@ -3,9 +3,13 @@
     python experiments/pretrain.py --data WORLD_DIR --model-preset tiny-m --steps 300
 
 Pythia knows English before SFT starts; the tiny models of the `tiny` preset must know the world's
-language the same way. Documents are TL;DR *train* posts followed by their summary under an
-"In short:" line (not the SFT template, so SFT still has something to learn), separated by EOS and
-packed into fixed blocks. News articles are left out: the CNN/DM subset stays out of domain.
+language the same way. Documents are the world's pretraining corpus (WORLD/pretrain/*.jsonl: posts that
+are not in the SFT data, each preceded by a summary written by "many people" under an "In short:" line:
+the model learns the world's facts and how people summarize them, but not the SFT template, nor to write
+a summary after a post, so the base model loses to the references and SFT has something to learn),
+separated by EOS and packed into fixed blocks. News articles are left out: the CNN/DM subset stays out
+of domain. The quickstart does not run this: it starts from the shipped base models
+(rlhf_repro/sim/base_models/, `rlhf-repro sim base-models` retrains and checks them).
 
 Writes results/<experiment>/pretrain/<preset>/<seed>/: config.json, provenance.json, metrics.jsonl,
 summary.json (parameters, losses before/after, time), checkpoint/ (for --resume) and model/, a
@@ -35,7 +39,7 @@ from rlhf_repro.tracking import make_tracker
 @dataclass
 class Args:
     data: str = "work/world"
-    """World directory from `rlhf-repro sim generate` (reads tldr/train.jsonl and tldr/valid.jsonl)."""
+    """World directory from `rlhf-repro sim generate` (reads pretrain/train.jsonl and pretrain/valid.jsonl)."""
     tokenizer: str | None = None
     """Tokenizer (hub id, directory or tokenizer.json); default: DATA/tokenizer."""
     model_preset: Literal["tiny-xs", "tiny-s", "tiny-m", "tiny-l", "pythia-14m"] = "tiny-m"
@@ -84,7 +88,10 @@ def documents(path: Path, eos: str) -> list[str]:
         for key in ("title", "post", "summary"):
             if not isinstance(row.get(key), str):
                 raise InputError("missing or not a string", path, lineno, key)
-        docs.append(f"{row['title']}\n\n{row['post']}\n\nIn short: {row['summary']}{eos}")
+        # The summary comes first, as an abstract: the model learns the world's language and to copy facts
+        # between a summary and its post, but never sees a summary follow a post, so before SFT it does
+        # not answer a TL;DR prompt with one (the pretrained-only model loses to the references).
+        docs.append(f"In short: {row['summary']}\n\n{row['title']}\n\n{row['post']}{eos}")
     if not docs:
         raise InputError("no documents", path)
     return docs
@@ -135,8 +142,8 @@ def main(args: Args) -> dict:
     seed_everything(args.seed)
 
     # --- data -------------------------------------------------------------------------------------
-    train_blocks = pack(tokenizer, documents(data / "tldr" / "train.jsonl", tokenizer.eos_token), args.block_size)
-    valid_blocks = pack(tokenizer, documents(data / "tldr" / "valid.jsonl", tokenizer.eos_token), args.block_size)[
+    train_blocks = pack(tokenizer, documents(data / "pretrain" / "train.jsonl", tokenizer.eos_token), args.block_size)
+    valid_blocks = pack(tokenizer, documents(data / "pretrain" / "valid.jsonl", tokenizer.eos_token), args.block_size)[
         : args.eval_blocks
     ]
     order = torch.randperm(len(train_blocks), generator=torch.Generator().manual_seed(args.seed))

@@ -12,11 +12,12 @@ from rlhf_repro.sim.labeler import GoldJudge, confidence_from_margin, extract_fa
 pytestmark = pytest.mark.unit
 
 POST = (
-    "I (24 M) have been with my girlfriend (23 F) for 9 months. I work as a nurse in Boston.\n\n"
-    "Last week she forgot my birthday.\n\nSince then I feel ignored.\n\nShould I say something?"
+    "I (24 M) and my girlfriend (23 F) of 9 months live together. I work as a nurse in Boston.\n\n"
+    "Last week she forgot my birthday.\n\nNow I feel ignored.\n\nQuestion: Should I say something?"
 )
 PERFECT = (
-    "I (24 M) and my girlfriend (23 F) of 9 months. She forgot my birthday. I feel ignored. Should I say something?"
+    "I (24 M) and my girlfriend (23 F) of 9 months. Then she forgot my birthday. Now I feel ignored. "
+    "Question: Should I say something?"
 )
 
 
@@ -30,10 +31,13 @@ def test_penalties_by_hand():
     assert gold_score(POST, PERFECT.replace("24 M", "27 M")) == pytest.approx(5.5)
     # an irrelevant detail from the post: -0.5 per distractor keyword ("nurse", "Boston") -> 7.0
     assert gold_score(POST, PERFECT + " I work as a nurse in Boston.") == pytest.approx(7.0)
-    # cut mid-sentence: loses problem (1.5) and question (0.5), unfinished (-1) -> 5.0
+    # cut mid-sentence: loses problem (1) and question (1), unfinished (-1) -> 5.0
     assert gold_score(
-        POST, "I (24 M) and my girlfriend (23 F) of 9 months. She forgot my birthday. I"
+        POST, "I (24 M) and my girlfriend (23 F) of 9 months. Then she forgot my birthday. Now"
     ) == pytest.approx(5.0)
+    # a filler opener is an irrelevant detail (-0.5); leaving out the question loses its 1 point
+    assert gold_score(POST, "So basically, " + PERFECT) == pytest.approx(7.5)
+    assert gold_score(POST, PERFECT.replace(" Question: Should I say something?", "")) == pytest.approx(7.0)
     # "friend" does not match inside "girlfriend", and a wrong role is a contradiction
     assert gold_score(POST, PERFECT.replace("girlfriend", "sister")) == pytest.approx(8.0 - 1.0 - 1.5)
     assert gold_score(POST, "") == 0.0
@@ -43,13 +47,13 @@ def test_repetition_and_length_penalties():
     looped = PERFECT + " She forgot my birthday. She forgot my birthday."
     d = score_detail(POST, looped)
     assert d.repeats > 0 and d.score < 8.0
-    # 40 words with no repeated trigram: 4 words over the budget of 36 cost 0.15 each
-    long = PERFECT + " It happened right before our anniversary dinner with everyone."
+    # words over the budget of 40 cost 0.15 each (no repeated trigram here)
+    long = PERFECT + " It happened right before our anniversary dinner."
     d = score_detail(POST, long)
-    assert d.words == 31 and d.score == 8.0
+    assert d.words == 32 and d.score == 8.0
     longer = long + " We planned it for weeks and invited my whole family over."
     d = score_detail(POST, longer)
-    assert d.words == 42 and d.repeats == 0 and d.score == pytest.approx(8.0 - 0.15 * 6)
+    assert d.words == 43 and d.repeats == 0 and d.score == pytest.approx(8.0 - 0.15 * 3)
 
 
 def test_facts_of_generated_posts_are_recovered_from_text():
@@ -81,7 +85,7 @@ def test_same_seed_byte_identical_and_schema(tmp_path):
     generate_world(b, seed=5, n_posts=300, progress=False)
     generate_world(c, seed=6, n_posts=300, progress=False)
     files = sorted(p.relative_to(a) for p in a.rglob("*.jsonl"))
-    assert len(files) == 6
+    assert len(files) == 8  # tldr x 3, comparisons x 3, pretrain x 2
     for f in files:
         assert (a / f).read_bytes() == (b / f).read_bytes()
     assert (a / "tldr/train.jsonl").read_bytes() != (c / "tldr/train.jsonl").read_bytes()

@@ -23,25 +23,57 @@ from rlhf_repro.io import atomic_write_text
 from rlhf_repro.sim import world as W
 from rlhf_repro.sim.labeler import gold_score, prefer, preference_probability
 
+# Bump when the generator writes different files for the same seed: the shipped base models were
+# pretrained on one version's corpus and tokenizer (rlhf_repro/sim/base_models/, checked by a test).
+GENERATOR_VERSION = 2
 SPLIT_FRACTIONS = {"train": 0.8, "valid": 0.1, "test": 0.1}
 TRAIN_BATCHES = tuple(f"batch{i}" for i in range(3, 11))
 VALID_BATCHES = tuple(f"batch{i}" for i in range(11, 15))
 CNNDM_BATCHES = ("batch0_cnndm", "cnndm0", "cnndm2")
 
-# Policies whose samples are compared, with how they damage a summary. Names follow OpenAI's
-# (sup = supervised baselines, ppo = RL policies, ref = the human reference).
+# How each writer damages a summary: probabilities of a filler opener, of leaving out the closing
+# question, of dropping 1-2 other facts, of stating 1-2 facts wrongly, of a vague event (and problem),
+# of copying 1-2 irrelevant sentences in, of repeating a span and of being cut off.
+#
+# The human references: usually good, often opening with a filler ("So basically, ...") and often
+# leaving out the closing question, sometimes missing a fact, vague, or padded with an irrelevant
+# detail. A near-greedy SFT policy imitates their most common choices (opener, no question), which the
+# gold labeler scores below a complete, unpadded summary: that is what RLHF can improve, as PPO beats
+# the human references in the paper.
+REFERENCE_MIX = dict(opener=0.6, no_question=0.55, drop=0.08, vague=0.05, extras=0.07)
+# Policies whose samples are compared, with how they write. Names follow OpenAI's (sup = supervised
+# baselines, ppo = RL policies, ref = the human reference). The supervised ones write like an SFT
+# policy does (the references' habits plus its own errors), so the RM learns from pairs like the
+# ones PPO shows it.
 POLICIES = {
     "ref": dict(weight=3),
-    "sup1": dict(weight=2, wrong=0.6, drop=0.6, truncate=0.2, repeat=0.25, vague=0.3),
-    "sup2": dict(weight=2, wrong=0.35, drop=0.5, truncate=0.1, repeat=0.1, vague=0.2),
-    "sup4": dict(weight=3, wrong=0.15, drop=0.35, vague=0.1),
-    "sup4_ppo_rm3_kl10": dict(weight=3, wrong=0.1, drop=0.1, extras=0.45, verbose=0.35, repeat=0.1),
+    "sup1": dict(weight=2, opener=0.6, no_question=0.6, wrong=0.3, drop=0.4, truncate=0.2, repeat=0.25, vague=0.3),
+    "sup2": dict(weight=2, opener=0.6, no_question=0.55, wrong=0.2, drop=0.3, truncate=0.1, repeat=0.1, vague=0.2),
+    "sup4": dict(weight=3, opener=0.55, no_question=0.5, wrong=0.1, drop=0.2, vague=0.1, extras=0.1),
+    "sup4_ppo_rm3_kl10": dict(weight=3, opener=0.1, no_question=0.1, wrong=0.05, drop=0.05, extras=0.45, repeat=0.1),
     "pretrain_lead": dict(weight=1, lead=True),
     "title": dict(weight=1, title=True),
 }
-# Quality mix of the human reference summaries: usually good, sometimes missing a fact, vague, or
-# carrying an irrelevant detail, so that a good policy can beat them (as PPO beats them in the paper).
-REFERENCE_MIX = dict(drop=0.15, vague=0.08, extras=0.1, verbose=0.04)
+# The summaries in the base models' pretraining documents: written by many people, factually right,
+# of every style (the web's TL;DRs, not the SFT data).
+PRETRAIN_MIX = dict(opener=0.4, no_question=0.4, drop=0.2, vague=0.1, extras=0.15)
+
+
+def reference_score_distribution(scores: list[float]) -> dict:
+    """Mean, share of perfect (8 of 8) references, quantiles and a histogram by score bins of 1."""
+    import numpy as np
+
+    a = np.asarray(scores, dtype=float)
+    edges = np.arange(np.floor(min(a.min(), 0.0)), 9.0, 1.0)
+    counts, _ = np.histogram(a, bins=np.append(edges, 8.0 + 1e-9))
+    return dict(
+        n=int(a.size),
+        mean=round(float(a.mean()), 4),
+        mean_fraction_of_max=round(float(a.mean()) / 8.0, 4),
+        perfect_share=round(float((a >= 8.0).mean()), 4),
+        quantiles={q: round(float(np.quantile(a, float(q))), 3) for q in ("0.1", "0.25", "0.5", "0.75", "0.9")},
+        histogram={f"[{lo:g}, {lo + 1:g})" if lo < 7 else "[7, 8]": int(c) for lo, c in zip(edges, counts)},
+    )
 
 
 def _rng(seed: int, *key) -> random.Random:
@@ -51,40 +83,45 @@ def _rng(seed: int, *key) -> random.Random:
 def _sample_spec(
     post: W.Post,
     rng: random.Random,
+    opener=0.0,
+    no_question=0.0,
     drop=0.0,
     wrong=0.0,
     vague=0.0,
     extras=0.0,
-    verbose=0.0,
     repeat=0.0,
     truncate=0.0,
     **_,
 ) -> W.SummarySpec:
     values = W.true_values(post.facts)
-    keys = list(values)
+    tldr = isinstance(post.facts, W.TldrFacts)
     spec = W.SummarySpec(values=dict(values), template=rng.randint(0, 1))
+    if tldr and rng.random() < opener:
+        spec.opener = rng.choice(W.V.FILLER_OPENERS)
+    if tldr and rng.random() < no_question:
+        spec.values["question"] = None
+    keys = [k for k in values if k != "question"]
     if rng.random() < drop:
         for key in rng.sample(keys, rng.randint(1, 2)):
             spec.values[key] = None
     if rng.random() < wrong:
         for key in rng.sample(keys, rng.randint(1, 2)):
-            if values[key] is not None:
+            if spec.values[key] is not None:
                 spec.values[key] = W.wrong_value(key, values[key], rng, post.facts)
     if rng.random() < vague:
-        spec.vague.add("event" if isinstance(post.facts, W.TldrFacts) else "action")
-        if rng.random() < 0.5 and isinstance(post.facts, W.TldrFacts):
+        spec.vague.add("event" if tldr else "action")
+        if rng.random() < 0.5 and tldr:
             spec.vague.add("problem")
     if post.distractors and rng.random() < extras:
         spec.extras = rng.sample(post.distractors, min(len(post.distractors), rng.randint(1, 2)))
-    spec.verbose = rng.random() < verbose
     spec.repeat = rng.random() < repeat
     if rng.random() < truncate:
         spec.truncate = rng.uniform(0.3, 0.75)
     return spec
 
 
-def reference_summary(post: W.Post, rng: random.Random) -> str:
-    spec = _sample_spec(post, rng, **REFERENCE_MIX)
+def reference_summary(post: W.Post, rng: random.Random, mix: dict | None = None) -> str:
+    spec = _sample_spec(post, rng, **(REFERENCE_MIX if mix is None else mix))
     return W.render_summary(spec, post.facts)
 
 
@@ -100,18 +137,20 @@ def policy_summary(policy: str, post: W.Post, reference: str, rng: random.Random
     return W.render_summary(_sample_spec(post, rng, **cfg), post.facts)
 
 
-def make_posts(seed: int, split: str, n: int, distractor_mean: float) -> list[dict]:
+def make_posts(seed: int, split: str, n: int, distractor_mean: float, mix: dict | None = None) -> list[dict]:
+    """Posts of one split with their summaries: the references (REFERENCE_MIX) or, for the `pretrain`
+    corpus, summaries of PRETRAIN_MIX. A post depends only on (seed, split, index), never on the mix."""
     rows = []
     for i in range(n):
         rng = _rng(seed, "tldr", split, i)
         post = W.make_tldr_post(rng, distractor_mean)
         rows.append(
             dict(
-                id=f"t3_sim{split[:2]}{i:06d}",
+                id=f"t3_sim{ {'pretrain-train': 'pt', 'pretrain-valid': 'pv'}.get(split, split[:2]) }{i:06d}",
                 subreddit=rng.choice(W.V.SUBREDDITS[post.facts.kind]),
                 title=post.title,
                 post=post.body,
-                summary=reference_summary(post, rng),
+                summary=reference_summary(post, rng, mix),
                 _post=post,
             )
         )
@@ -206,7 +245,8 @@ def generate_world(
     n_posts: int = 20000,
     n_news: int | None = None,
     comparisons_per_post: float = 1.0,
-    distractor_mean: float = 5.0,
+    distractor_mean: float = 3.0,
+    n_pretrain: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Generate the world into `out`; returns the contents of world.json."""
@@ -223,6 +263,12 @@ def generate_world(
     for split, n in tqdm(sizes.items(), desc="posts", disable=not progress):
         posts[split] = make_posts(seed, split, n, distractor_mean)
         _dump(posts[split], out / "tldr" / f"{split}.jsonl")
+    # The base models' pretraining corpus: other posts of the same world, each with a summary of
+    # PRETRAIN_MIX (pretrain.py turns them into "post ... In short: summary" documents).
+    n_pretrain = 2 * n_posts if n_pretrain is None else n_pretrain
+    for split, n in (("train", n_pretrain), ("valid", max(1, n_pretrain // 50))):
+        docs = make_posts(seed, f"pretrain-{split}", n, distractor_mean, PRETRAIN_MIX)
+        _dump(docs, out / "pretrain" / f"{split}.jsonl")
 
     comparisons = {"train": [], "valid1": [], "valid2": []}
     sources = [("train", "train", TRAIN_BATCHES), ("valid", "valid", VALID_BATCHES)]
@@ -253,7 +299,7 @@ def generate_world(
     valid = comparisons["valid1"] + comparisons["valid2"]
     tldr_valid = [c for c in valid if c["batch"] not in CNNDM_BATCHES]
     news_valid = [c for c in valid if c["batch"] in CNNDM_BATCHES]
-    ref_scores = [gold_score(r["post"], r["summary"]) for r in posts["valid"]]
+    ref_scores = [gold_score(r["post"], r["summary"]) for r in posts["train"] + posts["valid"]]
     info = dict(
         seed=seed,
         n_posts=n_posts,
@@ -262,7 +308,9 @@ def generate_world(
         comparisons_per_post=comparisons_per_post,
         distractor_mean=distractor_mean,
         batch_sharpness=sharpness,
-        reference_gold_score_mean=round(sum(ref_scores) / max(1, len(ref_scores)), 4),
+        generator_version=GENERATOR_VERSION,
+        n_pretrain=n_pretrain,
+        reference_gold_scores=reference_score_distribution(ref_scores),
         gold_accuracy_validation=gold_accuracy(tldr_valid, sharpness),
         gold_accuracy_validation_cnndm=gold_accuracy(news_valid, sharpness),
     )

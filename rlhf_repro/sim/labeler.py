@@ -2,9 +2,9 @@
 
 score = coverage of the post's facts (weighted; a perfect summary scores 8)
         - 1.5 per contradicted fact (a value of the right category that the post does not state)
-        - 0.5 per irrelevant detail (a distractor keyword), at most 3
+        - 0.5 per irrelevant detail (a distractor keyword or a filler opener's words), at most 3
         - 0.5 per repeated word trigram, at most 4
-        - 0.15 per word beyond the budget (36 words)
+        - 0.15 per word beyond the budget (40 words: every complete summary fits)
         - 1 when the summary does not end a sentence (cut off mid-way)
 
 It needs nothing but the two texts, so it scores human references, policy samples and model
@@ -21,12 +21,12 @@ from dataclasses import dataclass
 
 from rlhf_repro.sim import vocab as V
 
-TLDR_WEIGHTS = {"ages": 2.0, "role": 1.0, "duration": 1.0, "event": 2.0, "problem": 1.5, "question": 0.5}
+TLDR_WEIGHTS = {"ages": 2.0, "role": 1.0, "duration": 1.0, "event": 2.0, "problem": 1.0, "question": 1.0}
 NEWS_WEIGHTS = {"official": 1.0, "person": 2.0, "action": 2.0, "place": 1.0, "day": 0.5, "amount": 1.5}
 CONTRADICTION_PENALTY = 1.5
 IRRELEVANT_PENALTY, IRRELEVANT_CAP = 0.5, 3.0
 REPEAT_PENALTY, REPEAT_CAP = 0.5, 4.0
-WORD_BUDGET, LENGTH_PENALTY = 36, 0.15
+WORD_BUDGET, LENGTH_PENALTY = 40, 0.15
 UNFINISHED_PENALTY = 1.0
 
 AGE_RE = re.compile(r"\((\d{1,2}) ?([MF])\)")

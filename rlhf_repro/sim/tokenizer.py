@@ -37,16 +37,27 @@ def train_world_tokenizer(texts: Iterable[str], vocab_size: int = 4096):
 
 
 def world_texts(world_dir: Path) -> Iterable[str]:
-    """Every text of a generated world: posts, titles, summaries, articles and compared summaries."""
+    """The texts the world's tokenizer learns from: the pretraining corpus (posts, titles, summaries) and
+    the news articles. Not the references nor the compared summaries, so that changing how references
+    or comparisons are written leaves the tokenizer, and the base models pretrained with it, as they are."""
     from rlhf_repro.io import read_jsonl
 
     world_dir = Path(world_dir)
-    for path in sorted((world_dir / "tldr").glob("*.jsonl")):
+    for path in sorted((world_dir / "pretrain").glob("*.jsonl")):
         for _, row in read_jsonl(path):
             yield from (row["subreddit"], row["title"], row["post"], row["summary"])
     for path in sorted((world_dir / "comparisons").glob("*.jsonl")):
         for _, row in read_jsonl(path):
-            yield from (s["text"] for s in row["summaries"])
             if row["info"].get("article"):
                 yield row["info"]["article"]
                 yield row["info"]["title"]
+
+
+def write_world_tokenizer(world_dir: Path, vocab_size: int = 4096):
+    """Train the world's tokenizer on `world_texts` and save it to WORLD/tokenizer (atomically)."""
+    from rlhf_repro.io import atomic_directory
+
+    tok = train_world_tokenizer(world_texts(Path(world_dir)), vocab_size=vocab_size)
+    with atomic_directory(Path(world_dir) / "tokenizer") as tmp:
+        tok.save_pretrained(str(tmp))
+    return tok

@@ -32,18 +32,20 @@ SUBREDDITS = {
     "family": ("relationships", "family", "Advice", "offmychest"),
 }
 
+# Every intro states the narrator's age, the other person's role and age, and the duration with the same
+# anchors a summary uses ("I (24 M)", "my girlfriend (23 F) of 9 months"), so copying is induction.
 DURATION_SENTENCES = {
     "romantic": (
-        "I ({na}) have been with my {role} ({oa}) for {dur}.",
-        "My {role} ({oa}) and I ({na}) have been together for {dur}.",
+        "I ({na}) and my {role} ({oa}) of {dur} live together.",
+        "My {role} ({oa}) of {dur} and I ({na}) are in a rough spot.",
     ),
     "friend": (
-        "I ({na}) have known my {role} ({oa}) for {dur}.",
-        "My {role} ({oa}) and I ({na}) have been close for {dur}.",
+        "I ({na}) and my {role} ({oa}) of {dur} hang out every week.",
+        "My {role} ({oa}) of {dur} and I ({na}) used to be close.",
     ),
     "family": (
-        "I ({na}) have been living with my {role} ({oa}) again for {dur}.",
-        "My {role} ({oa}) moved back in with me, I ({na}), {dur} ago.",
+        "I ({na}) and my {role} ({oa}) of {dur} share a flat.",
+        "My {role} ({oa}) of {dur} and I ({na}) live together again.",
     ),
 }
 
@@ -121,15 +123,11 @@ EVENT_SENTENCES = (
     "Then out of nowhere {sub} {event}.",
 )
 
-PROBLEM_SENTENCES = (
-    "Since then {problem}.",
-    "Now {problem}.",
-    "Honestly {problem}.",
-)
+PROBLEM_SENTENCES = ("Now {problem}.",)
 
 # Phrases that replace a fact in a vague summary: no coverage, no contradiction.
 VAGUE_EVENT = ("did something that upset me", "acted weird", "did a thing")
-VAGUE_PROBLEM = ("things feel strange now", "it is complicated", "I am not sure how to feel")
+VAGUE_PROBLEM = ("things feel strange", "it is complicated", "I am not sure how to feel")
 
 # --- Reddit world: distractors (no fact words inside) --------------------------------------------
 
@@ -389,8 +387,24 @@ FILLER_SENTENCES = (
     "I did not expect to write this much.",
 )
 
-# Words that mark an irrelevant detail in a summary (each distinct one costs the summary).
-FILLER_MARKERS = ("sorry", "throwaway", "mobile", "formatting", "english", "advice is welcome")
+# Openers people put in front of a TL;DR. They carry nothing, and all start with "So", so a writer's habit
+# of using one is a single first-token choice (the mode a near-greedy sampler picks when most do).
+FILLER_OPENERS = ("So basically,", "So long story short,", "So yeah,", "So here is the thing:")
+
+# Words that mark an irrelevant detail in a summary (each distinct one costs the summary): the filler
+# sentences' markers and the openers' own words.
+FILLER_MARKERS = (
+    "sorry",
+    "throwaway",
+    "mobile",
+    "formatting",
+    "english",
+    "advice is welcome",
+    "basically",
+    "long story short",
+    "so yeah",
+    "here is the thing",
+)
 
 TITLE_TEMPLATES = (
     "My {role} {event}",

@@ -109,7 +109,7 @@ def n_distractors(rng: random.Random, mean: float) -> int:
     return min(n, 40)
 
 
-def make_tldr_post(rng: random.Random, distractor_mean: float = 5.0) -> Post:
+def make_tldr_post(rng: random.Random, distractor_mean: float = 3.0) -> Post:
     f = sample_tldr_facts(rng)
     fmt = dict(na=f.narrator_age, oa=f.other_age, role=f.role, dur=f.duration, sub=f.sub)
     intro = rng.choice(V.DURATION_SENTENCES[f.kind]).format(**fmt)
@@ -127,7 +127,7 @@ def make_tldr_post(rng: random.Random, distractor_mean: float = 5.0) -> Post:
         take = rng.randint(1, 3)
         paragraphs.append(rest[:take])
         rest = rest[take:]
-    paragraphs.append([f.question] + ([rng.choice(V.FILLER_SENTENCES)] if rng.random() < 0.2 else []))
+    paragraphs.append([f"Question: {f.question}"] + ([rng.choice(V.FILLER_SENTENCES)] if rng.random() < 0.2 else []))
     sep = "\n\n" if rng.random() < 0.8 else "\n"
     body = sep.join(" ".join(p) for p in paragraphs)
     title = _capitalize(
@@ -176,7 +176,8 @@ class SummarySpec:
     """What a summary says: a value per fact (None = left out) and how it is damaged.
 
     `values` may hold a *wrong* value for a fact (a contradiction of the post). `vague` facts are
-    replaced by a content-free phrase. `extras` are irrelevant sentences copied from the post.
+    replaced by a content-free phrase. `extras` are irrelevant sentences copied from the post. `opener`
+    is a filler phrase put in front ("So basically,"): padding that says nothing.
     """
 
     values: dict[str, str | None]
@@ -184,7 +185,7 @@ class SummarySpec:
     extras: list[str] = field(default_factory=list)
     repeat: bool = False
     truncate: float | None = None  # keep this fraction of the words
-    verbose: bool = False
+    opener: str | None = None
     template: int = 0
 
 
@@ -230,17 +231,16 @@ def render_tldr_summary(spec: SummarySpec, facts: TldrFacts) -> str:
         first += f" of {v['duration']}"
     event = V.VAGUE_EVENT[0] if "event" in spec.vague else v.get("event")
     problem = V.VAGUE_PROBLEM[0] if "problem" in spec.vague else v.get("problem")
+    # The anchors of the post ("she"/"he" before the event, "Now" before the problem, "Question:" before the
+    # question) start each sentence, so copying a fact is induction on the token before it.
     sentences = [first + "."]
-    if spec.template == 1 and event and problem:
-        sentences.append(_capitalize(f"{sub} {event} and now {problem}."))
-    else:
-        if event:
-            sentences.append(_capitalize(f"{sub} {event}."))
-        if problem:
-            sentences.append(_capitalize(problem) + ".")
+    if event:
+        sentences.append(f"Then {sub} {event}.")
+    if problem:
+        sentences.append(f"Now {problem}.")
     sentences.extend(spec.extras)
     if v.get("question"):
-        sentences.append(v["question"])
+        sentences.append(f"Question: {v['question']}")
     return _finish(sentences, spec)
 
 
@@ -262,9 +262,9 @@ def render_news_summary(spec: SummarySpec, facts: NewsFacts) -> str:
 
 def _finish(sentences: list[str], spec: SummarySpec) -> str:
     text = " ".join(sentences)
+    if spec.opener:
+        text = f"{spec.opener} {text}"
     words = text.split()
-    if spec.verbose:
-        words = "So basically, long story short, here is what happened:".split() + words
     if spec.repeat and len(words) > 4:
         # Repeat a span, the degenerate loop a weak policy falls into.
         start = len(words) // 3
