@@ -56,7 +56,7 @@ from rlhf_repro.data import (
 from rlhf_repro.generation import generate
 from rlhf_repro.io import InputError, atomic_directory
 from rlhf_repro.lm_head import next_token_logprobs, output_head
-from rlhf_repro.ops import truncate_response
+from rlhf_repro.ops import trim_left_padding, truncate_response
 from rlhf_repro.pair_eval import evaluate_pairs
 from rlhf_repro.runs import model_name_of, run_dir
 from rlhf_repro.seeding import derived_seed, local_seed
@@ -268,6 +268,7 @@ def sample_table(args: Args, accelerator, model, tokenizer, dataset, split: str)
             disable=not (args.progress and accelerator.is_main_process),
         ):
             queries, references = (t.to(accelerator.device) for t in token_batch(dataset, idx, *SFT_COLUMNS[:2]))
+            queries = trim_left_padding(queries, pad)  # all-PAD columns: same outputs (detail 14), less work
             responses, _ = generate(
                 unwrapped, queries, pad, args.eval_response_length, args.eval_temperature, args.sampler
             )

@@ -38,7 +38,7 @@ from rlhf_repro.data import check_padding, eval_batches, load_processed, lockste
 from rlhf_repro.generation import TEMPERATURE_EPS, generate, generate_many
 from rlhf_repro.io import InputError, atomic_directory
 from rlhf_repro.lm_head import next_token_logprobs
-from rlhf_repro.ops import forward, next_token_loss, trim_right_padding, truncate_response
+from rlhf_repro.ops import forward, next_token_loss, trim_left_padding, trim_right_padding, truncate_response
 from rlhf_repro.reward_model import get_reward
 from rlhf_repro.runs import model_name_of, run_dir
 from rlhf_repro.seeding import derived_seed, local_seed
@@ -84,6 +84,9 @@ class Args(StageArgs):
     """Root of run folders."""
     seed: int = 1
     """Seed; process r samples with seed + 100003*r (R-14); the prompt order uses the seed itself."""
+    seed_offset: int = 0
+    """Added to --seed for sampling and the prompt order (the run folder keeps --seed's name): two runs of one
+    configuration that differ only by chance, as the EOS-trick negative control compares."""
     run_eval: bool = False
     """After training, sample for validation and test at T=0.01 and score policy and references with the RM."""
 
@@ -96,9 +99,10 @@ class Args(StageArgs):
     """Tokenizer; default: the SFT model's."""
     query_dataset: str = "vwxyzjn/summarize_from_feedback_tldr_3_filtered_oai_preprocessing_1706381144"
     """Processed SFT dataset: PPO's prompts are its train queries, cycled (detail 21)."""
-    reward_source: Literal["rm", "classifier", "gold"] = "rm"
-    """Where scores come from: our RM (--reward-model-path, the paper), a sequence classifier's label, or the
-    simulated world's gold labeler (an oracle reward: what PPO reaches when the reward is the truth)."""
+    reward_source: Literal["rm", "classifier", "gold", "length"] = "rm"
+    """Where scores come from: our RM (--reward-model-path, the paper), a sequence classifier's label, the
+    simulated world's gold labeler (an oracle reward: what PPO reaches when the reward is the truth), or
+    -|response tokens - --target-length| / 10 (a sanity check any correct PPO passes in minutes)."""
     reward_classifier: str | None = None
     """With --reward-source classifier: an AutoModelForSequenceClassification (hub id or directory)."""
     reward_label: str | None = None
@@ -108,7 +112,20 @@ class Args(StageArgs):
     reward_text: Literal["response", "query_response"] = "response"
     """Text the classifier reads: the decoded response, or query text followed by it."""
     gold_reward_scale: float = 1.0
-    """With --reward-source gold: the gold score (max 8) is multiplied by this."""
+    """With --reward-source gold: score = scale x (gold score - offset); the gold score's maximum is 8."""
+    gold_reward_offset: float | None = None
+    """With --reward-source gold: the offset; default: the mean gold score of the first 1,000 SFT-train
+    references, so that references average 0 as the RM's do (detail 15)."""
+    target_length: int = 20
+    """With --reward-source length: the response length (tokens, EOS included) that scores 0."""
+    negate_reward: bool = False
+    """NEGATIVE CONTROL ONLY: PPO maximizes minus the score (of the RM, classifier, gold or length
+    reward), so it learns what the reward calls worse. A check that PPO improved the policy must FAIL on
+    such a run (the quickstart's controls); never use it for a real run."""
+    gold_metrics: bool = False
+    """Simulated world only: also score every update's rollouts and validation batch with the gold
+    labeler, logged as gold/scores and gold/validation_score (never used for training): the truth beside
+    the proxy reward, for over-optimization curves."""
     value_init: Literal["reward", "sft"] = "reward"
     """Critic start (detail 22): a copy of the RM (the paper) or the SFT body with a fresh head."""
     dropout: float = 0.0
@@ -211,6 +228,7 @@ DETAIL_FLAGS = (
     "dropout",
     "ptx_coef",
     "reward_source",
+    "negate_reward",
     "ppo.noptepochs",
     "ppo.cliprange",
     "ppo.cliprange_value",
@@ -254,19 +272,45 @@ def query_rows(order_for_epoch, n: int, update: int, local_batch: int, rank: int
     return np.array([order_for_epoch(int(p // n))[p % n] for p in positions])
 
 
-def make_scorer(args: Args, reward_model, classifier, tokenizer, device):
+def make_scorer(args: Args, reward_model, text_reward, tokenizer, device):
     """score(queries (B, Q) left-padded, responses (B, R) right-padded) -> (B,): the RM read at the
-    response's EOS (detail 12), or the classifier's label score on the decoded text."""
+    response's EOS (detail 12), a text reward (classifier or gold) on the decoded texts, or the length
+    reward; negated with --negate-reward (a negative control)."""
+    from rlhf_repro.reward_sources import length_reward
+
     pad = tokenizer.pad_token_id
+    sign = -1.0 if args.negate_reward else 1.0
 
     def score(queries: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
-        if classifier is None:
+        if args.reward_source == "rm":
             query_responses = torch.cat((queries, responses), 1)
-            return get_reward(reward_model, query_responses, pad, queries.size(1), start=queries.size(1) - 1)[1]
-        texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-        return classifier(tokenizer.batch_decode(queries, skip_special_tokens=True), texts).to(device)
+            scores = get_reward(reward_model, query_responses, pad, queries.size(1), start=queries.size(1) - 1)[1]
+        elif args.reward_source == "length":
+            scores = length_reward(responses, pad, args.target_length)
+        else:
+            texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+            scores = text_reward(tokenizer.batch_decode(queries, skip_special_tokens=True), texts).to(device)
+        return sign * scores
 
     return score
+
+
+def gold_of(tokenizer, queries: torch.Tensor, responses: torch.Tensor, device) -> torch.Tensor:
+    """The gold labeler's scores (B,) of decoded responses (simulated world only; --gold-metrics)."""
+    from rlhf_repro.reward_sources import gold_scores
+
+    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    scores = gold_scores(tokenizer.batch_decode(queries, skip_special_tokens=True), texts)
+    return torch.tensor(scores, dtype=torch.float32, device=device)
+
+
+def gold_offset(tokenizer, train, n: int = 1000) -> float:
+    """Mean gold score of the first `n` SFT-train references (the gold reward's offset, detail 15)."""
+    from rlhf_repro.reward_sources import gold_scores
+
+    queries, references = token_batch(train, range(min(n, len(train))), "query_token", "reference_response_token")
+    texts = [tokenizer.batch_decode(t, skip_special_tokens=True) for t in (queries, references)]
+    return float(np.mean(gold_scores(*texts)))
 
 
 def sample_and_score(args: Args, policy, score, queries, pad: int, eos: int, temperature: float):
@@ -287,7 +331,8 @@ def evaluate(args: Args, accelerator, policy, score, tokenizer, dataset, split: 
     meta = dataset.select_columns([c for c in ("id", "query") if c in dataset.column_names])
     rows = []
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(derived_seed(local_seed(args.seed, rank), {"validation": 1, "test": 2}.get(split, 3)))
+        seed = args.seed + args.seed_offset
+        torch.manual_seed(derived_seed(local_seed(seed, rank), {"validation": 1, "test": 2}.get(split, 3)))
         # With --offload every RM forward is a ZeRO-3 collective: all ranks score the same number of batches.
         batches = (
             lockstep_eval_batches(n, args.local_eval_batch_size, world, rank)
@@ -300,6 +345,7 @@ def evaluate(args: Args, accelerator, policy, score, tokenizer, dataset, split: 
             queries, references = (
                 t.to(accelerator.device) for t in token_batch(dataset, idx, "query_token", "reference_response_token")
             )
+            queries = trim_left_padding(queries, pad)
             if padding:
                 score(queries, references), score(queries, references)  # as many RM forwards as a real batch
                 continue
@@ -346,7 +392,8 @@ def main(args: Args) -> dict:
         raise InputError("--reward-source classifier needs --reward-classifier")
     if args.value_init == "reward" and not args.reward_model_path:
         raise InputError("--value-init reward copies an RM: give --reward-model-path, or use --value-init sft")
-    accelerator, accumulation = setup_stage(args, minibatches=args.nminibatches)
+    seed = args.seed + args.seed_offset
+    accelerator, accumulation = setup_stage(args, minibatches=args.nminibatches, seed=seed)
     rank, world = accelerator.process_index, accelerator.num_processes
 
     # --- data, sizes -------------------------------------------------------------------------------
@@ -385,23 +432,25 @@ def main(args: Args) -> dict:
     def order_for_epoch(epoch: int) -> np.ndarray:
         if epoch not in orders:
             orders.clear()
-            orders[epoch] = permutation(len(train), derived_seed(args.seed, epoch))
+            orders[epoch] = permutation(len(train), derived_seed(seed, epoch))
         return orders[epoch]
 
     # --- models (detail 22) ----------------------------------------------------------------------
     policy = load_causal_lm(args.sft_model_path)
     ref_policy = load_causal_lm(args.sft_model_path).eval().requires_grad_(False)
-    reward_model = classifier = None
+    reward_model = text_reward = None
     if args.reward_source == "rm":
         reward_model = load_reward_model(args.reward_model_path).eval().requires_grad_(False)
     elif args.reward_source == "gold":
         from rlhf_repro.reward_sources import GoldReward
 
-        classifier = GoldReward(args.gold_reward_scale, accelerator.device)
-    else:
+        offset = gold_offset(tokenizer, train) if args.gold_reward_offset is None else args.gold_reward_offset
+        derived["gold_reward_offset"] = round(offset, 6)
+        text_reward = GoldReward(args.gold_reward_scale, offset, accelerator.device)
+    elif args.reward_source == "classifier":
         from rlhf_repro.reward_sources import ClassifierReward
 
-        classifier = ClassifierReward(
+        text_reward = ClassifierReward(
             args.reward_classifier, args.reward_label, args.reward_output, args.reward_text, accelerator.device
         )
     if args.value_init == "reward":
@@ -436,7 +485,7 @@ def main(args: Args) -> dict:
     ref_policy = prepare_frozen(accelerator, ref_policy, args.local_micro_batch_size, args.offload)
     if reward_model is not None:
         reward_model = prepare_frozen(accelerator, reward_model, args.local_micro_batch_size, args.offload)
-    score_fn = make_scorer(args, reward_model, classifier, tokenizer, accelerator.device)
+    score_fn = make_scorer(args, reward_model, text_reward, tokenizer, accelerator.device)
     run = StageRun(
         accelerator,
         path,
@@ -460,7 +509,7 @@ def main(args: Args) -> dict:
             f"epochs of {len(train)} prompts); {args.ppo.noptepochs} PPO epochs x {args.nminibatches} minibatch(es) "
             f"of {local_mini} x {world} processes" + (f"; resuming from update {start}" if state else "")
         )
-    ptx_seed = derived_seed(args.seed, 7)  # the PPO-ptx stream: its own shared-seed order over SFT-train rows
+    ptx_seed = derived_seed(seed, 7)  # the PPO-ptx stream: its own shared-seed order over SFT-train rows
 
     def ptx_rows(update: int, step: int, size: int, rank: int, world: int) -> np.ndarray:
         steps_per_update = args.ppo.noptepochs * args.nminibatches * accumulation
@@ -497,10 +546,15 @@ def main(args: Args) -> dict:
             (val_queries,) = (
                 t.to(accelerator.device) for t in token_batch(data["validation"], validation_rows, "query_token")
             )
+            val_queries = trim_left_padding(val_queries, pad)
 
             # --- rollout ---------------------------------------------------------------------------
             rows = query_rows(order_for_epoch, len(train), update, local_batch, rank, world)
             (queries,) = (t.to(accelerator.device) for t in token_batch(train, rows, "query_token"))
+            # Columns of PAD in every query go: rotary attention sees relative positions only, so the
+            # log-probs, values and scores are the full width's up to float rounding (detail 14), at a
+            # fraction of the cost when the batch's longest query is shorter than the budget.
+            queries = trim_left_padding(queries, pad)
             context_length = queries.size(1)
             chunks = {k: [] for k in ("responses", "logprobs", "ref_logprobs", "values", "scores", "postprocessed")}
             t_gen = t_score = 0.0
@@ -543,6 +597,9 @@ def main(args: Args) -> dict:
                 for k in ("responses", "logprobs", "ref_logprobs", "values", "scores", "postprocessed")
             )
             query_responses = torch.cat((queries, responses), 1)
+            if args.gold_metrics:  # the truth beside the proxy (not used for training)
+                gold = gold_of(tokenizer, queries, postprocessed, accelerator.device)
+                val_gold = gold_of(tokenizer, val_queries, val_post, accelerator.device)
 
             # 3. the EOS trick (detail 23)
             contain_eos = torch.any(postprocessed == eos, dim=-1)
@@ -679,6 +736,7 @@ def main(args: Args) -> dict:
                 "ppo/val/num_eos_tokens": mean((responses == eos).sum().float()) * world,
                 "ppo/val/no_eos_fraction": mean((~contain_eos).float().mean()),
                 "ppo/val/response_length": mean((sequence_lengths + 1).float().mean()),
+                **({"gold/scores": mean(gold), "gold/validation_score": mean(val_gold)} if args.gold_metrics else {}),
                 "objective/kl_coef": kl_coef,
                 "ppo/lr": lr_now,
                 "ppo/episode": episodes_done,

@@ -1,8 +1,11 @@
-"""Rewards from a text classifier instead of our RM: any `AutoModelForSequenceClassification` (hub id or
-directory) scoring the decoded response, as in the classic sentiment-PPO examples.
+"""Rewards other than our RM, for PPO's --reward-source:
 
-The score is the logit, or the softmax probability, of one named label. The classifier brings its own
-tokenizer, so policy and classifier need not share a vocabulary.
+- `classifier`: any `AutoModelForSequenceClassification` (hub id or directory) scoring the decoded
+  response, as in the classic sentiment-PPO examples. The score is the logit, or the softmax
+  probability, of one named label; the classifier brings its own tokenizer.
+- `gold`: the simulated world's gold labeler (an oracle reward model).
+- `length`: minus the distance of the response's length from a target: the CartPole of RLHF, a reward
+  that any correct PPO raises within minutes (the first check when PPO on a real reward does not learn).
 """
 
 from __future__ import annotations
@@ -68,21 +71,38 @@ class ClassifierReward:
         return logits[:, self.index]
 
 
+def gold_scores(queries: list[str], responses: list[str]) -> list[float]:
+    """The gold labeler's score of each decoded response, the post read out of the decoded query (its
+    POST section). Only meaningful on simulated-world prompts."""
+    from rlhf_repro.sim.evaluate import post_from_query
+    from rlhf_repro.sim.labeler import gold_score
+
+    return [gold_score(post_from_query(q), r.strip()) for q, r in zip(queries, responses)]
+
+
 class GoldReward:
     """The simulated world's gold labeler as the reward (an oracle RM, as in over-optimization studies).
 
-    It reads the post out of the decoded query (its POST section) and scores the decoded response with
-    `rlhf_repro.sim.labeler.gold_score` (coverage minus contradictions, repeats, irrelevant details,
-    excess length and an unfinished sentence; a perfect summary scores 8), times `scale`. Only
-    meaningful on simulated-world prompts: a query without ages is scored as a news article.
+    score = scale x (gold score - offset), where the gold score (`rlhf_repro.sim.labeler.gold_score`:
+    coverage minus contradictions, repeats, irrelevant details, excess length and an unfinished
+    sentence; a perfect summary scores 8) is taken against the post read out of the decoded query. The
+    offset is normally the references' mean gold score, so references average 0 as the RM's do after
+    its bias normalization (detail 15), and the EOS trick's penalty sits where it sits for an RM.
+    A query without ages is scored as a news article.
     """
 
-    def __init__(self, scale: float = 1.0, device: str | torch.device = "cpu"):
-        self.scale, self.device = scale, device
+    def __init__(self, scale: float = 1.0, offset: float = 0.0, device: str | torch.device = "cpu"):
+        self.scale, self.offset, self.device = scale, offset, device
 
     def __call__(self, queries: list[str], responses: list[str]) -> torch.Tensor:
-        from rlhf_repro.sim.evaluate import post_from_query
-        from rlhf_repro.sim.labeler import gold_score
-
-        scores = [gold_score(post_from_query(q), r.strip()) * self.scale for q, r in zip(queries, responses)]
+        scores = [(g - self.offset) * self.scale for g in gold_scores(queries, responses)]
         return torch.tensor(scores, dtype=torch.float32, device=self.device)
+
+
+def length_reward(responses: torch.Tensor, pad_token_id: int, target: int) -> torch.Tensor:
+    """-|response length - target| / 10 per row of right-padded, EOS-truncated responses (B, R): the
+    length is the number of tokens before the first PAD, the EOS included (PPO's sequence length + 1, as
+    `ppo/val/response_length` reports it)."""
+    from rlhf_repro.ops import first_true_indices
+
+    return -(first_true_indices(responses == pad_token_id).float() - target).abs() / 10.0

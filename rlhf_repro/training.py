@@ -97,9 +97,10 @@ def make_accelerator(gradient_accumulation_steps: int = 1):
     return accelerator
 
 
-def setup_stage(args, minibatches: int = 1):
+def setup_stage(args, minibatches: int = 1, seed: int | None = None):
     """Every training stage's first lines: accumulation from the global batch, the accelerator, CPU
-    threads and the per-rank seeds (R-14). Returns (accelerator, accumulation steps).
+    threads and the per-rank seeds (R-14) from `seed` (default `args.seed`). Returns (accelerator,
+    accumulation steps).
 
     With `minibatches` > 1 (PPO) each of the batch's minibatches is one optimizer step, so accumulation
     covers batch_size / minibatches.
@@ -117,7 +118,7 @@ def setup_stage(args, minibatches: int = 1):
     accelerator = make_accelerator(accumulation)
     if args.threads:
         torch.set_num_threads(args.threads)
-    seed_everything(args.seed, accelerator.process_index, args.deterministic)
+    seed_everything(args.seed if seed is None else seed, accelerator.process_index, args.deterministic)
     return accelerator, accumulation
 
 

@@ -328,14 +328,67 @@ def test_gold_reward_scores_the_decoded_summary_against_the_post_in_the_query(sm
     assert scores[0] > scores[1]
 
 
-def test_ppo_with_the_gold_reward(small_datasets, eos_prone_model, tmp_path):
-    flags = ("--reward-source", "gold", "--value-init", "sft", "--no-non-eos-penalty")
+def test_ppo_with_the_gold_reward(small_datasets, small_world, eos_prone_model, tmp_path):
+    from rlhf_repro.io import read_jsonl
+    from rlhf_repro.sim.labeler import gold_score
+
+    flags = ("--reward-source", "gold", "--value-init", "sft", "--no-non-eos-penalty", "--gold-metrics")
     rows = run_ok(small_datasets, eos_prone_model, "", tmp_path, *flags)
-    assert all(r["objective/raw_scores"] <= 8 for r in rows)  # gold scores, max 8
+    # The offset is the mean gold score of the first 1,000 SFT-train references (detail 15), computed here
+    # from the built dataset's text columns (the query as the policy sees it: the post it reads may be
+    # truncated, so the world's own rows give a slightly different mean).
+    from datasets import load_from_disk
+
+    from rlhf_repro.sim.evaluate import post_from_query
+
+    train = load_from_disk(str(small_datasets / "sft"))["train"]
+    rows_ = train.select(range(min(1000, len(train))))
+    offset = sum(gold_score(post_from_query(q), s.strip()) for q, s in zip(rows_["query"], rows_["summary"]))
+    offset /= len(rows_)
+    refs = [r for _, r in read_jsonl(small_world / "tldr" / "train.jsonl")][:1000]
+    assert offset == pytest.approx(sum(gold_score(r["post"], r["summary"]) for r in refs) / len(refs), abs=0.05)
+    config = json.loads((tmp_path / "t" / "ppo" / "tiny" / "1" / "summary.json").read_text())
+    assert config["gold_reward_offset"] == pytest.approx(offset, abs=1e-4)
+    # --gold-metrics logs the same rollouts' gold scores: the reward is exactly them minus the offset.
+    for r in rows:
+        assert r["objective/raw_scores"] == pytest.approx(r["gold/scores"] - offset, abs=1e-4)
     zero = run_ok(small_datasets, eos_prone_model, "", tmp_path / "zero", *flags, "--gold-reward-scale", "0")
-    assert all(r["objective/raw_scores"] == 0 for r in zero)  # the scale multiplies the gold score
+    assert all(r["objective/raw_scores"] == 0 for r in zero)  # the scale multiplies (gold - offset)
     r = ppo(small_datasets, eos_prone_model, "", tmp_path / "x", "--reward-source", "gold")
     assert r.returncode == 2 and "--value-init" in r.stderr
+
+
+def test_negated_reward_is_the_control_it_claims_to_be(
+    small_datasets, eos_prone_model, tiny_reward_model, tmp_path, default_run
+):
+    # Update 1 samples from the same policy with the same seed: the scores are the default run's, negated.
+    first = default_run[1][0]
+    neg = run_ok(small_datasets, eos_prone_model, tiny_reward_model, tmp_path, "--negate-reward")[0]
+    assert neg["objective/raw_scores"] == pytest.approx(-first["objective/raw_scores"], rel=1e-5)
+    assert neg["objective/no_eos_scores"] == -1.0  # the EOS trick still replaces the (negated) score
+
+
+def test_length_reward_and_seed_offset(small_datasets, eos_prone_model, tmp_path):
+    from rlhf_repro.reward_sources import length_reward
+
+    responses = torch.tensor([[5, 6, 0, 1, 1], [5, 6, 7, 8, 9]])  # EOS 0 at index 2; PAD 1
+    assert length_reward(responses, 1, target=4).tolist() == pytest.approx([-0.1, -0.1])
+    # With a target above every possible length the mean reward is -(target - mean length) / 10.
+    flags = ("--reward-source", "length", "--target-length", "40", "--value-init", "sft")
+    rows = run_ok(small_datasets, eos_prone_model, "", tmp_path / "a", *flags)
+    for r in rows:
+        assert r["objective/raw_scores"] == pytest.approx(-(40 - r["ppo/val/response_length"]) / 10, abs=1e-5)
+    # --seed-offset changes only the sampling seed: seed 1 + offset 1000 runs as seed 1001 does.
+    shifted = run_ok(small_datasets, eos_prone_model, "", tmp_path / "b", *flags, "--seed-offset", "1000")
+    r = ppo(small_datasets, eos_prone_model, "", tmp_path / "c", *flags, "--seed", "1001")
+    assert r.returncode == 0, r.stderr[-2000:]
+    path = tmp_path / "c" / "t" / "ppo" / "tiny" / "1001" / "metrics.jsonl"
+    other = [json.loads(line) for line in path.read_text().splitlines()]
+
+    def numbers(rows):
+        return [{k: v for k, v in x.items() if not k.startswith(("time/", "ppo/eps"))} for x in rows]
+
+    assert numbers(shifted) == numbers(other) and numbers(shifted) != numbers(rows)
 
 
 def test_eval_splits_pick_the_evaluated_tables_in_ppo_and_sft(
