@@ -12,6 +12,12 @@ and RESULTS/<E>-no-eos-trick/ppo/... for the EOS ablation. Writes, next to them 
 A claim whose inputs are missing FAILs and says what is missing; no claim is ever dropped. The exit
 code is 0 whether claims pass or fail (the verdicts are results, not errors); 2 on unreadable input.
 
+Negative controls (`--control EXPERIMENT:N`, repeatable): the same test of claim N with EXPERIMENT's run
+folders in place of the stage the control breaks (claim 1: its RM; 2 and 5: its PPO against this
+experiment's SFT; 3: its PPO as the with-trick arm against the no-EOS-trick ablation; 4: its DPO). A
+control must FAIL; one that passes shows that the claim's check has no teeth. They go to controls.json
+and to a second table in claims.md.
+
 The claims and their tests:
 1. RM validation accuracy is well above chance (Wilson 95% lower bound > 0.55) and rises with labeler
    confidence (mean accuracy at confidence 7-9 at least 0.1 above confidence 1-3).
@@ -66,15 +72,26 @@ def _series(run: Path, key: str) -> list[float]:
     return out
 
 
-def _judged(run: Path) -> tuple[np.ndarray, list[dict]] | None:
+def _judged(run: Path, name: str = "judged_validation.csv") -> tuple[np.ndarray, list[dict]] | None:
     from analysis.cli import read_csv, verdicts
 
-    path = run / "judged_validation.csv"
+    path = run / name
     if not path.exists():
         return None
     rows = read_csv(str(path), ("preferred", "response", "reference"))
     wins, kept, _ = verdicts(rows, str(path))
     return wins, [rows[i] for i in kept]
+
+
+def _agreement(reward_run: Path) -> float | None:
+    """The RM's agreement with gold on the SFT policy's own samples (`rlhf-repro sim rm-agreement`)."""
+    path = reward_run / "rm_policy_agreement.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())["rm_gold_agreement_on_policy_samples"]
+    except (json.JSONDecodeError, KeyError):
+        raise InputError("unreadable rm_policy_agreement.json", path) from None
 
 
 def _mean(values) -> float | None:
@@ -115,8 +132,8 @@ def claim_rm(reward_runs: list[Path]) -> dict:
     return {"passed": bool(passed), "numbers": numbers}
 
 
-def _pooled_wins(runs: list[Path]) -> np.ndarray | None:
-    got = [_judged(r) for r in runs]
+def _pooled_wins(runs: list[Path], name: str = "judged_validation.csv") -> np.ndarray | None:
+    got = [_judged(r, name) for r in runs]
     got = [g for g in got if g is not None]
     return np.concatenate([g[0] for g in got]) if got else None
 
@@ -259,6 +276,7 @@ def headline_summary(results: Path, experiment: str, ablation: str, world: Path 
             if any(f"eval/rm/validation/accuracy/confidence/{k}" in x for x in rm)
         },
         "rm_accuracy_ood": _r(_mean(x.get("eval/rm/validation_cnndm/accuracy") for x in rm)),
+        "rm_gold_agreement_on_policy_samples": _r(_mean(_agreement(r) for r in runs["reward"])),
         "gold_ceiling_accuracy": None,
         "dpo_implicit_accuracy": _r(_mean(x.get("eval/rm/validation/accuracy") for x in sums["dpo"])),
         "gold_win_rate": {},
@@ -270,6 +288,10 @@ def headline_summary(results: Path, experiment: str, ablation: str, world: Path 
     if world is not None and (world / "world.json").exists():
         info = json.loads((world / "world.json").read_text())
         out["gold_ceiling_accuracy"] = _r(info["gold_accuracy_validation"]["all"]["accuracy"])
+        refs = info.get("reference_gold_scores", {})
+        out["reference_gold_score"] = {
+            k: refs[k] for k in ("mean", "mean_fraction_of_max", "perfect_share") if k in refs
+        }
     policies = {"sft": runs["sft"], "ppo": runs["ppo"], "dpo": runs["dpo"], "ppo_no_eos_trick": []}
     policies["ppo_no_eos_trick"] = _runs(results, ablation, "ppo")
     for name, rs in policies.items():
@@ -280,13 +302,30 @@ def headline_summary(results: Path, experiment: str, ablation: str, world: Path 
         for r in rs:
             got = _judged(r)
             if got is not None:
-                scores += [float(x["policy_score"]) for x in got[1] if x.get("policy_score") not in (None, "")]
+                scores += [
+                    float(x["judge_policy_score"]) for x in got[1] if x.get("judge_policy_score") not in (None, "")
+                ]
         if scores:
             out["gold_score"][name] = _r(np.mean(scores))
         stage = "ppo" if name.startswith("ppo") else name
         lens = [_summary(r).get(f"validation/{stage}/response_token_len") for r in rs]
         if _mean(lens) is not None:
             out["mean_response_length"][name] = _r(_mean(lens), 2)
+    # The pretrained-only model (SFT's evaluation before training, --eval-at-start): it must lose to the
+    # references, as an untuned base model does.
+    base = [_judged(r, "judged_validation_start.csv") for r in runs["sft"]]
+    base = [b for b in base if b is not None]
+    if base:
+        out["gold_win_rate"]["base"] = _r(np.concatenate([w for w, _ in base]).mean())
+        pairs = [
+            (float(x["judge_policy_score"]), float(x["judge_reference_score"]))
+            for _, rows in base
+            for x in rows
+            if x.get("judge_policy_score") not in (None, "")
+        ]
+        if pairs:
+            out["gold_score"]["base"] = _r(np.mean([p for p, _ in pairs]))
+            out["base_loses_to_reference_share"] = _r(np.mean([p < q for p, q in pairs]))
     for name in ("ppo", "ppo_no_eos_trick"):
         series = [_series(r, "ppo/val/no_eos_fraction") for r in policies[name]]
         series = [s for s in series if s]
@@ -300,6 +339,45 @@ def headline_summary(results: Path, experiment: str, ablation: str, world: Path 
         secs = [_summary(r).get("seconds") for r in policies["ppo_no_eos_trick"]]
         out["stage_seconds"]["ppo_no_eos_trick"] = _r(_mean(secs), 1)
     return out
+
+
+def check_controls(results: Path, experiment: str, ablation: str, controls: list[tuple[str, int]]) -> list[dict]:
+    """Each control's verdict on the claim it breaks (see the module docstring); `ok` when it FAILs."""
+    sft, rm = _runs(results, experiment, "sft"), _runs(results, experiment, "reward")
+    out = []
+    for name, number in controls:
+        if number == 1:
+            verdict = claim_rm(_runs(results, name, "reward"))
+        elif number == 2:
+            verdict = claim_gold_win_rate(sft, _runs(results, name, "ppo"))
+        elif number == 3:
+            verdict = claim_eos(_runs(results, name, "ppo"), _runs(results, ablation, "ppo"))
+        elif number == 4:
+            verdict = claim_dpo(rm, _runs(results, name, "dpo"))
+        else:
+            verdict = claim_length_control(sft, _runs(results, name, "ppo"))
+        out.append({"control": name, "claim_number": number, "claim": CLAIMS[number - 1], **verdict})
+        out[-1]["ok"] = not verdict["passed"]
+    return out
+
+
+def parse_control(text: str) -> tuple[str, int]:
+    name, _, number = text.rpartition(":")
+    if not name or number not in {"1", "2", "3", "4", "5"}:
+        raise InputError(f"--control {text!r}: expected EXPERIMENT:N with N one of 1-5")
+    return name, int(number)
+
+
+def controls_markdown(controls: list[dict]) -> str:
+    lines = [
+        "| control | claim it breaks | verdict (must be FAIL) | numbers |",
+        "|---|---|---|---|",
+    ]
+    for c in controls:
+        nums = ", ".join(f"{k} {v}" for k, v in c["numbers"].items() if not isinstance(v, dict))
+        verdict = "FAIL (as it must)" if c["ok"] else "PASS (the check has no teeth)"
+        lines.append(f"| {c['control']} | {c['claim_number']}. {c['claim']} | {verdict} | {nums} |")
+    return "\n".join(lines) + "\n"
 
 
 def claims_markdown(claims: list[dict]) -> str:
@@ -319,13 +397,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ablation", default=None, help="experiment of the no-EOS-trick PPO (default E-no-eos-trick)")
     p.add_argument("--world", default=None, help="simulated world directory (for the gold labeler's ceiling)")
     p.add_argument("--out", default=None, help="folder for claims.json/.md and summary.json (default RESULTS/E)")
+    p.add_argument(
+        "--control",
+        action="append",
+        default=[],
+        metavar="EXPERIMENT:N",
+        help="a negative control: EXPERIMENT's runs must FAIL claim N (repeatable; see above)",
+    )
     args = p.parse_args(argv)
     results = Path(args.results)
     ablation = args.ablation or f"{args.experiment}-no-eos-trick"
     try:
         if not (results / args.experiment).is_dir():
             raise InputError(f"no experiment folder {args.experiment!r}", results)
+        controls = [parse_control(c) for c in args.control]
         claims = check_claims(results, args.experiment, ablation)
+        control_verdicts = check_controls(results, args.experiment, ablation, controls)
         summary = headline_summary(results, args.experiment, ablation, Path(args.world) if args.world else None)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -334,13 +421,27 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "claims.json", claims)
     md = claims_markdown(claims)
-    atomic_write_text(out / "claims.md", f"# Claims of `{args.experiment}`\n\n{md}")
+    text = f"# Claims of `{args.experiment}`\n\n{md}"
+    if control_verdicts:
+        atomic_write_json(out / "controls.json", control_verdicts)
+        cmd = controls_markdown(control_verdicts)
+        text += (
+            "\n## Negative controls\n\nEach control breaks the mechanism behind one claim; the claim's check "
+            f"must FAIL on it.\n\n{cmd}"
+        )
+        summary["controls_failing_as_they_must"] = f"{sum(c['ok'] for c in control_verdicts)}/{len(control_verdicts)}"
+    atomic_write_text(out / "claims.md", text)
     atomic_write_json(out / "summary.json", summary)
     print(md, end="")
+    if control_verdicts:
+        print(cmd, end="")
     passed = sum(c["passed"] for c in claims)
-    print(
-        f"{passed}/{len(claims)} claims pass; wrote {out / 'claims.json'}, {out / 'claims.md'}, {out / 'summary.json'}"
-    )
+    wrote = ", ".join(str(out / f) for f in ("claims.json", "claims.md", "summary.json"))
+    if control_verdicts:
+        ok = sum(c["ok"] for c in control_verdicts)
+        print(f"{ok}/{len(control_verdicts)} negative controls fail as they must; ", end="")
+        wrote += f", {out / 'controls.json'}"
+    print(f"{passed}/{len(claims)} claims pass; wrote {wrote}")
     return 0
 
 

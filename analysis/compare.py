@@ -67,8 +67,8 @@ def run_numbers(run: Path, stage: str) -> dict:
         scores = []
         with open(run / "judged_validation.csv", newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
-                if row.get("policy_score") not in (None, ""):
-                    scores.append(float(row["policy_score"]))
+                if row.get("judge_policy_score") not in (None, ""):
+                    scores.append(float(row["judge_policy_score"]))
         if scores:
             out["gold_score"] = float(np.mean(scores))
     if stage == "reward":

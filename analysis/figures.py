@@ -8,7 +8,10 @@ stage finished), metrics.jsonl and the stage's tables. Nothing is read from W&B.
 - rm_calibration_<model>.png  accuracy against |margin| per seed, with sigmoid(margin) (§4.6)
 - response_length.png      mean response tokens of SFT/PPO/DPO samples against size
 - eos.png                  share of samples without an EOS per stage and size, and the length histograms
-- ppo_curves_<exp>.png     RM score, KL, no-EOS share and response length over PPO updates, per run
+- ppo_curves_<exp>.png     RM score, KL, no-EOS share and response length over PPO updates, per run (and
+                           the gold score, for runs with --gold-metrics)
+- overoptimization_<exp>.png  proxy (RM) score and gold score of the rollouts against sqrt(KL to the SFT
+                           policy), as in Gao et al. (2022), for PPO runs with --gold-metrics
 - win_rate.png             judge win rate against the references per stage against size (runs with a
                            judged_validation.csv from `rlhf-repro judge`), with an optional baseline line
 - length_control.png       win rate against log length ratio per stage (largest model with judged runs)
@@ -119,6 +122,45 @@ def scaling_plot(ax, points: list[tuple[float, float]], label: str, color=None) 
     ax.set_xticks(ax.size_ticks, [size_label(x) for x in ax.size_ticks])
     ax.minorticks_off()
     return {int(x): {"mean": m, "std": s, "n": len(by[x])} for x, m, s in zip(xs, means, stds)}
+
+
+def overoptimization_plot(plt, group: list[dict], curves: dict, out: Path, exp: str, written: list) -> dict:
+    """Proxy (RM) and gold score of each update's rollouts against sqrt(KL) (Gao et al. 2022); returns
+    per run the update where gold peaked and the proxy and gold there and at the end."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5), sharex=True)
+    found = {}
+    for r in group:
+        rows = [m for m in curves[r["path"]] if m.get("gold/scores") is not None]
+        if not rows:
+            continue
+        x = np.sqrt(np.maximum(0.0, [m["objective/kl"] for m in rows]))
+        proxy = np.array([m["objective/raw_scores"] for m in rows])
+        gold = np.array([m["gold/scores"] for m in rows])
+        label = f"{r['model']}/{r['seed']}"
+        a1.plot(x, proxy, lw=1, label=label)
+        a2.plot(x, gold, lw=1, label=label)
+        peak = int(np.argmax(gold))
+        found[label] = {
+            "updates": len(rows),
+            "gold_peak_update": int(rows[peak]["step"]),
+            "gold_start": round(float(gold[0]), 4),
+            "gold_peak": round(float(gold[peak]), 4),
+            "gold_end": round(float(gold[-1]), 4),
+            "proxy_start": round(float(proxy[0]), 4),
+            "proxy_at_gold_peak": round(float(proxy[peak]), 4),
+            "proxy_end": round(float(proxy[-1]), 4),
+            "sqrt_kl_at_gold_peak": round(float(x[peak]), 4),
+            "sqrt_kl_end": round(float(x[-1]), 4),
+        }
+    a1.set_ylabel("proxy: RM score of the rollouts")
+    a2.set_ylabel("gold score of the rollouts (max 8)")
+    for ax in (a1, a2):
+        ax.set_xlabel("sqrt(KL to the SFT policy), nats^0.5 per response")
+    a1.legend(fontsize=7)
+    fig.suptitle(f"{exp}: the proxy reward against the truth", fontsize=10)
+    save(fig, out, f"overoptimization_{exp}", written)
+    plt.close(fig)
+    return found
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -235,18 +277,27 @@ def build(results: Path, out: Path, baseline: dict | None = None) -> dict:
 
     for exp in sorted({r["experiment"] for r in runs if r["stage"] == "ppo"}):
         group = [r for r in runs if r["stage"] == "ppo" and r["experiment"] == exp]
+        curves = {
+            r["path"]: [m for m in read_metrics(r["path"] / "metrics.jsonl") if "objective/kl" in m] for r in group
+        }
+        gold = any("gold/scores" in m for rows in curves.values() for m in rows)
         keys = ("objective/scores", "objective/kl", "ppo/val/no_eos_fraction", "ppo/val/response_length")
-        fig, axes = plt.subplots(1, 4, figsize=(14, 3))
+        keys += ("gold/scores",) if gold else ()
+        fig, axes = plt.subplots(1, len(keys), figsize=(3.5 * len(keys), 3))
         for r in group:
-            rows = [m for m in read_metrics(r["path"] / "metrics.jsonl") if "objective/kl" in m]
+            rows = curves[r["path"]]
             for ax, key in zip(axes, keys):
-                ax.plot([m["step"] for m in rows], [m[key] for m in rows], label=f"{r['model']}/{r['seed']}", lw=1)
+                pts = [(m["step"], m[key]) for m in rows if m.get(key) is not None]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{r['model']}/{r['seed']}", lw=1)
         for ax, key in zip(axes, keys):
             ax.set_title(key, fontsize=9)
             ax.set_xlabel("update")
         axes[0].legend(fontsize=7)
         save(fig, out, f"ppo_curves_{exp}", written)
         plt.close(fig)
+        if gold:
+            found = overoptimization_plot(plt, group, curves, out, exp, written)
+            numbers.setdefault("overoptimization", {})[exp] = found
 
     judged = [(r, r["path"] / "judged_validation.csv") for r in runs if (r["path"] / "judged_validation.csv").exists()]
     if judged:

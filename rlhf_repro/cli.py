@@ -2,6 +2,9 @@
 
     rlhf-repro sim generate --out DIR [--seed S] [--n-posts N]   simulated TL;DR world (+ its tokenizer)
     rlhf-repro sim score-table TABLE [--world DIR]               gold-label a query_responses CSV
+    rlhf-repro sim rm-agreement --policy P --reward-model RM ...   RM vs gold on a policy's own samples
+    rlhf-repro sim check-base --world DIR --size S                 is DIR the world the shipped base knows?
+    rlhf-repro sim base-models --out DIR [--write]                 retrain the shipped base models, compare
     rlhf-repro build-dataset ...                                 experiments/build_dataset.py
     rlhf-repro pretrain ...                                      experiments/pretrain.py
     rlhf-repro sft ...                                           experiments/sft.py
@@ -72,7 +75,7 @@ def sim_main(argv: list[str]) -> int:
     gen.add_argument(
         "--distractor-mean",
         type=float,
-        default=5.0,
+        default=3.0,
         help="mean number of irrelevant sentences per post (exponential tail)",
     )
     gen.add_argument("--vocab-size", type=int, default=4096, help="target size of the world's BPE vocabulary")
@@ -86,6 +89,43 @@ def sim_main(argv: list[str]) -> int:
     table.add_argument("table", help="CSV with query, response and reference columns (and id)")
     table.add_argument("--world", help="world directory: posts are looked up by id (default: parse the query)")
     table.add_argument("--out", help="write the table with gold columns here (default: TABLE with _gold suffix)")
+    agree = sub.add_parser(
+        "rm-agreement",
+        help="how often the RM orders a policy's own samples as the gold labeler does (JSON)",
+        description="Sample K responses per validation post from a policy as a PPO rollout does, score them "
+        "with an RM and with the gold labeler, and report how often the RM orders two samples of one post as "
+        "gold does (gold ties left out), plus the gold of the RM's best-of-K.",
+    )
+    agree.add_argument("--policy", required=True, help="policy model directory (sft.py's RUN/model)")
+    agree.add_argument("--reward-model", required=True, help="reward model directory (reward.py's RUN/model)")
+    agree.add_argument("--query-dataset", required=True, help="processed SFT dataset (its validation queries)")
+    agree.add_argument("--world", required=True, help="world directory (the full posts for the gold labeler)")
+    agree.add_argument("--posts", type=int, default=200, help="validation posts")
+    agree.add_argument("--samples", type=int, default=4, help="samples per post (K)")
+    agree.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (PPO's rollouts: 0.7)")
+    agree.add_argument("--response-length", type=int, default=53, help="tokens sampled per response")
+    agree.add_argument("--seed", type=int, default=0, help="sampling seed")
+    agree.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    agree.add_argument("--out", required=True, help="JSON file to write")
+    check = sub.add_parser(
+        "check-base",
+        help="check that a world is the one the shipped base model of a size was pretrained on",
+        description="Compare a world's generator version, seed, size, pretraining corpus and tokenizer with the "
+        "shipped base model's recipe (rlhf_repro/sim/base_models/SIZE/recipe.json); exit 2 naming what differs.",
+    )
+    check.add_argument("--world", required=True, help="world directory from `sim generate`")
+    check.add_argument("--size", required=True, help="model size (tiny-xs, tiny-s, tiny-m)")
+    bases = sub.add_parser(
+        "base-models",
+        help="retrain the shipped tiny base models from their recipe and compare (or replace) them",
+        description="Generate the recipe's world under --out, pretrain each size with the recipe's flags "
+        "(rlhf_repro/sim/shipped.py), and compare with the shipped model: bit-identical weights, or the "
+        "validation loss within the stated tolerance. Prints a JSON report; exit 1 when a check fails.",
+    )
+    bases.add_argument("--out", required=True, help="work folder (world/, runs/)")
+    bases.add_argument("--sizes", nargs="+", default=None, help="sizes to retrain (default: every shipped one)")
+    bases.add_argument("--write", action="store_true", help="replace the shipped models with the retrained ones")
+    bases.add_argument("--threads", type=int, default=None, help="torch CPU threads of each pretraining run")
     score = sub.add_parser("score", help="gold-label one summary of one post (prints the score breakdown)")
     score.add_argument("--post", required=True, help="the post (or article) text")
     score.add_argument("--summary", required=True, help="the summary text")
@@ -109,6 +149,41 @@ def sim_main(argv: list[str]) -> int:
         print(json.dumps(summary, indent=2))
         print(f"wrote {out}")
         return 0
+    if args.command == "check-base":
+        from rlhf_repro.sim.shipped import check_world
+
+        model = check_world(args.world, args.size)
+        print(f"{args.world} is the world the shipped {args.size} base model knows: {model}")
+        return 0
+    if args.command == "base-models":
+        from rlhf_repro.sim.shipped import PRETRAIN_FLAGS, retrain, shipped_sizes
+
+        report = retrain(args.sizes or shipped_sizes() or list(PRETRAIN_FLAGS), args.out, args.write, args.threads)
+        print(json.dumps(report, indent=2))
+        failed = [s for s, e in report["sizes"].items() if e.get("check") == "FAIL"]
+        return 1 if failed and not args.write else 0
+    if args.command == "rm-agreement":
+        from rlhf_repro.io import atomic_write_json
+        from rlhf_repro.sim.agreement import rm_policy_agreement
+
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        report = rm_policy_agreement(
+            args.policy,
+            args.reward_model,
+            args.query_dataset,
+            args.world,
+            posts=args.posts,
+            samples=args.samples,
+            temperature=args.temperature,
+            response_length=args.response_length,
+            seed=args.seed,
+        )
+        atomic_write_json(Path(args.out), report)
+        print(json.dumps(report, indent=2))
+        return 0
     if args.command == "score":
         from dataclasses import asdict
 
@@ -130,12 +205,9 @@ def sim_main(argv: list[str]) -> int:
         progress=not args.no_progress,
     )
     if not args.no_tokenizer:
-        from rlhf_repro.io import atomic_directory
-        from rlhf_repro.sim.tokenizer import train_world_tokenizer, world_texts
+        from rlhf_repro.sim.tokenizer import write_world_tokenizer
 
-        tok = train_world_tokenizer(world_texts(Path(args.out)), vocab_size=args.vocab_size)
-        with atomic_directory(Path(args.out) / "tokenizer") as tmp:
-            tok.save_pretrained(str(tmp))
+        tok = write_world_tokenizer(Path(args.out), args.vocab_size)
         print(f"tokenizer: {len(tok)} tokens (eos={tok.eos_token_id}, pad={tok.pad_token_id}) -> {args.out}/tokenizer")
     acc = info["gold_accuracy_validation"]
     print(f"world seed {args.seed}: " + ", ".join(f"{k} {v}" for k, v in info["sizes"].items()))
@@ -152,6 +224,16 @@ def _stage(module: str, argv: list[str]) -> int:
     import importlib
 
     return importlib.import_module(module).cli(argv)
+
+
+def _sim(argv: list[str]) -> int:
+    from rlhf_repro.io import InputError
+
+    try:
+        return sim_main(argv)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 def _call(module: str, fn: str, argv: list[str]) -> int:
@@ -181,7 +263,7 @@ def _figures(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {
-        "sim": ("simulated TL;DR world: generate, score", sim_main),
+        "sim": ("simulated TL;DR world: generate, score, rm-agreement, base models", _sim),
         "build-dataset": ("build the SFT and preference datasets", lambda a: _stage("experiments.build_dataset", a)),
         "pretrain": ("pretrain a tiny Pythia-architecture base model", lambda a: _stage("experiments.pretrain", a)),
         "sft": ("supervised fine-tuning on the references (+ ROUGE eval)", lambda a: _stage("experiments.sft", a)),

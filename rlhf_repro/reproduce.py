@@ -53,8 +53,9 @@ PRESET_KEYS = {
     "world_seed",
     "world_posts",
     "pretrain_steps",
+    "base_models",
 }
-EXPERIMENT_KEYS = {"description", "stages", "base", "flags", "include", "presets", "sizes", "seeds"}
+EXPERIMENT_KEYS = {"description", "stages", "base", "flags", "include", "presets", "sizes", "seeds", "controls"}
 
 
 class RegistryError(ValueError):
@@ -111,6 +112,11 @@ def load_registry(path: str | os.PathLike | None = None) -> Registry:
         for p in e.get("presets", []):
             if p not in presets:
                 raise RegistryError(f"{where}: preset {p!r} does not exist")
+        for control, number in e.get("controls", {}).items():
+            if control not in experiments:
+                raise RegistryError(f"{where}: controls names {control!r}, which is not an experiment")
+            if number not in (1, 2, 3, 4, 5):
+                raise RegistryError(f"{where}: controls.{control} must be the number (1-5) of the claim it breaks")
         _check_flags(e.get("flags", {}), where)
     for name in experiments:  # bases must not loop
         seen, cur = set(), name
@@ -272,6 +278,7 @@ class PlanOptions:
     wandb_project: str = "rlhf-repro"
     wandb_entity: str | None = None
     threads: int | None = None
+    pretrain_base: bool = False
 
 
 def plan(reg: Registry, experiment: str, layout: Layout, opts: PlanOptions) -> list[Node]:
@@ -353,7 +360,24 @@ def plan(reg: Registry, experiment: str, layout: Layout, opts: PlanOptions) -> l
             claim_experiments.append(name)
         for size in sizes:
             pre_key = None
-            if tiny:
+            shipped = tiny and _shipped_base(preset, size, opts)
+            if shipped:
+                # The preset starts from a base model the repo ships (pretrained on this very world), as the
+                # paper starts from released Pythia weights; the node checks that the world is that one.
+                pre_dir = shipped.parent
+                pre_key = add(
+                    Node(
+                        f"base/{size}",
+                        "base",
+                        "base",
+                        size,
+                        None,
+                        ["sim", "check-base", "--world", str(layout.world), "--size", size],
+                        None,
+                        deps=[world_key],
+                    )
+                )
+            elif tiny:
                 pseed = preset.get("world_seed", 1)
                 pre_dir = layout.pretrained(size, pseed)
                 pre_key = add(
@@ -400,19 +424,46 @@ def plan(reg: Registry, experiment: str, layout: Layout, opts: PlanOptions) -> l
                         )
                     )
                     all_keys.append(keys[stage])
+                if tiny and "reward" in keys and "sft" in keys and nodes[keys["reward"]].experiment == name:
+                    # How often the RM orders the SFT policy's own rollout samples as the gold labeler does:
+                    # PPO can only improve what its reward sees.
+                    rm_run, sft_run = nodes[keys["reward"]].marker.parent, nodes[keys["sft"]].marker.parent
+                    out = rm_run / "rm_policy_agreement.json"
+                    argv = ["sim", "rm-agreement", "--policy", str(sft_run / "model"), "--reward-model"]
+                    argv += [str(rm_run / "model"), "--query-dataset", str(layout.data / "sft"), "--world"]
+                    argv += [str(layout.world), "--seed", str(seed), "--out", str(out)]
+                    k = add(
+                        Node(
+                            f"{name}/rm-agreement/{size}/{seed}",
+                            "agreement",
+                            name,
+                            size,
+                            seed,
+                            argv,
+                            out,
+                            [keys["reward"]],
+                        )
+                    )
+                    all_keys.append(k)
                 if "judge" in stages:
-                    for stage in POLICIES:
+                    tables = [(stage, "") for stage in POLICIES]
+                    # The base model's samples, when SFT evaluated it before training (--eval-at-start).
+                    if "sft" in keys and "--eval-at-start" in nodes[keys["sft"]].argv:
+                        tables.append(("sft", "_start"))
+                    for stage, suffix in tables:
                         if stage not in keys or (e.get("base") and nodes[keys[stage]].experiment != name):
                             continue
                         run = nodes[keys[stage]].marker.parent
-                        out = run / "judged_validation.csv"
-                        argv = ["judge", "--input", str(run / "query_responses_validation.csv"), "--out", str(out)]
+                        out = run / f"judged_validation{suffix}.csv"
+                        table = run / f"query_responses_validation{suffix}.csv"
+                        argv = ["judge", "--input", str(table), "--out", str(out)]
                         argv += list(preset.get("judge", ["--backend", "gold"]))
                         if tiny:
                             argv += ["--world", str(layout.world), "--no-progress"]
+                        who = "base" if suffix else stage
                         k = add(
                             Node(
-                                f"{nodes[keys[stage]].experiment}/judge-{stage}/{size}/{seed}",
+                                f"{nodes[keys[stage]].experiment}/judge-{who}/{size}/{seed}",
                                 "judge",
                                 nodes[keys[stage]].experiment,
                                 size,
@@ -438,12 +489,26 @@ def plan(reg: Registry, experiment: str, layout: Layout, opts: PlanOptions) -> l
             )
         )
         all_keys.append("figures")
+    planned = set(expand_includes(reg, experiment))
     for name in claim_experiments:
         argv = ["claims", str(layout.results), "--experiment", name]
         if tiny:
             argv += ["--world", str(layout.world)]
+        for control, number in reg.experiments[name].get("controls", {}).items():
+            if control in planned:
+                argv += ["--control", f"{control}:{number}"]
         add(Node(f"{name}/claims", "claims", name, None, None, argv, None, list(dict.fromkeys(all_keys))))
     return _toposort(nodes)
+
+
+def _shipped_base(preset: dict, size: str, opts: PlanOptions) -> Path | None:
+    """The shipped base model's `model/` directory when the preset uses shipped base models, this size has
+    one and --pretrain-base is off (else None: the plan pretrains one)."""
+    if preset.get("base_models") != "shipped" or opts.pretrain_base:
+        return None
+    from rlhf_repro.sim.shipped import shipped_model_dir, shipped_sizes
+
+    return shipped_model_dir(size) if size in shipped_sizes() else None
 
 
 def _paths(stage, reg, opts, layout, name, size, seed, tiny, pre_dir) -> list[str]:
@@ -714,6 +779,12 @@ def build_parser() -> argparse.ArgumentParser:
         "stages)",
     )
     p.add_argument("--num-processes", type=int, default=None, help="accelerate: processes per stage (default preset)")
+    p.add_argument(
+        "--pretrain-base",
+        action="store_true",
+        help="tiny preset: pretrain the base models on this world (pretrain_steps) instead of starting from the "
+        "shipped ones (rlhf_repro/sim/base_models/), e.g. for another world seed",
+    )
     p.add_argument("--track", action="store_true", help="log every training stage to W&B (group = experiment)")
     p.add_argument("--wandb-project", default="rlhf-repro", help="W&B project with --track")
     p.add_argument("--wandb-entity", default=None, help="W&B entity with --track")
@@ -728,7 +799,14 @@ def main(argv: list[str] | None = None) -> int:
         reg = load_registry(args.registry)
         layout = Layout(Path(args.out or "runs"))
         opts = PlanOptions(
-            args.preset, args.sizes, args.seeds, args.track, args.wandb_project, args.wandb_entity, args.threads
+            args.preset,
+            args.sizes,
+            args.seeds,
+            args.track,
+            args.wandb_project,
+            args.wandb_entity,
+            args.threads,
+            args.pretrain_base,
         )
         nodes = plan(reg, args.experiment, layout, opts)
     except RegistryError as e:
