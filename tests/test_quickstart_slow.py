@@ -1,4 +1,6 @@
-"""The quickstart end to end at its default sizes: every stage, the claims table, the summary, a rerun."""
+"""The quickstart end to end at its default sizes: every stage, the claims and the issue-18 targets on their
+numbers, a rerun; then the claims' negative controls (which must FAIL) and the CartPole of RLHF (PPO raises
+an easy reward from the quickstart's SFT policy)."""
 
 import json
 import time
@@ -8,6 +10,9 @@ import pytest
 from tests.conftest import cli
 
 pytestmark = pytest.mark.slow
+# The CartPole check's budget and bar (README "Tests"): measured rise on seed 1 is in docs/LOG.md.
+CARTPOLE_UPDATES = 12
+CARTPOLE_MIN_RISE = 0.3
 SUMMARY_KEYS = (
     "base_rougeL",
     "sft_rougeL",
@@ -20,51 +25,143 @@ SUMMARY_KEYS = (
     "no_eos_fraction",
     "mean_response_length",
     "stage_seconds",
+    "rm_gold_agreement_on_policy_samples",
+    "reference_gold_score",
+    "base_loses_to_reference_share",
 )
 
 
-def test_quickstart_default(tmp_path):
-    out = tmp_path / "qs"
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qs") / "qs"
     t0 = time.time()
     r = cli("quickstart", "--out", str(out), timeout=1800)
-    seconds = time.time() - t0
+    print(f"quickstart: {time.time() - t0:.0f} s")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "== quickstart summary ==" in r.stdout
-    print(f"quickstart: {seconds:.0f} s")
+    return out
 
+
+def test_quickstart_default(quickstart):
+    out = quickstart
     world = json.loads((out / "world" / "world.json").read_text())
     assert world["sizes"]["tldr/train"] == 16000
     acc = world["gold_accuracy_validation"]
     assert 0.7 < acc["all"]["accuracy"] < 0.95 and abs(acc["all"]["accuracy"] - acc["expected_ceiling"]) < 0.05
     build = json.loads((out / "data" / "build_summary.json").read_text())
     assert build["preference"]["validation_cnndm"]["rows"] == 1000
-    assert 0 < build["sft"]["train"]["truncated_queries"] < 0.1 * 16000  # paragraph truncation is exercised
 
     results = out / "results" / "quickstart"
     claims = json.loads((results / "claims.json").read_text())
     assert len(claims) == 5 and all(set(c) == {"claim", "passed", "numbers"} for c in claims)
-    verdicts = {c["claim"].split()[0]: c for c in claims}
-    assert claims[0]["passed"], claims[0]  # RM well above chance, rising with confidence
-    # Claim 3 is a race in this world (README "Quickstart"): the budget, 16 PPO updates, sits in the middle of
-    # the 13-19 updates where it holds; a change that moves either run's no-EOS curve shows up here.
-    assert claims[2]["passed"], claims[2]  # the EOS trick drives the no-EOS share down; without it, it stays up
-    assert claims[3]["passed"], claims[3]  # DPO's implicit RM below the explicit RM
-    assert verdicts and all(("PASS" if c["passed"] else "FAIL") in (results / "claims.md").read_text() for c in claims)
+    # Issue 18: all five claims pass (README "Quickstart" has them on seeds 1, 2 and 3).
+    for c in claims:
+        assert c["passed"], c
+    table = (results / "claims.md").read_text()
+    assert table.count("| PASS |") == 5
 
     summary = json.loads((results / "summary.json").read_text())
     for key in SUMMARY_KEYS:
         assert key in summary, key
+    win = summary["gold_win_rate"]
+    # SFT in the paper's range (its SFT 1B: 0.33); PPO at least 0.10 above it with the interval of the
+    # difference above 0 (claim 2's numbers); DPO above SFT.
+    assert 0.10 <= win["sft"] <= 0.45, win
+    gain = claims[1]["numbers"]
+    assert gain["difference"] >= 0.10 and gain["difference_ci_low"] > 0, gain
+    assert win["dpo"] > win["sft"], win
+    # The RM orders the SFT policy's own sample pairs as the gold labeler does well above chance.
+    assert summary["rm_gold_agreement_on_policy_samples"] >= 0.65, summary["rm_gold_agreement_on_policy_samples"]
+    # The world stays honest: the base model loses to the references on >= 95% of posts, and the mean
+    # reference scores at least 70% of the maximum.
+    assert summary["base_loses_to_reference_share"] >= 0.95
+    assert summary["reference_gold_score"]["mean_fraction_of_max"] >= 0.70
     assert summary["sft_rougeL"] > summary["base_rougeL"] + 0.2
     assert 0.6 < summary["rm_accuracy"] < summary["gold_ceiling_accuracy"]
-    assert set(summary["gold_win_rate"]) >= {"sft", "ppo", "dpo"}
     assert summary["no_eos_fraction"]["ppo"] < summary["no_eos_fraction"]["ppo_no_eos_trick"]
     assert set(summary["stage_seconds"]) >= {"sft", "reward", "ppo", "dpo"}
     report = out / "results" / "report"
     assert (report / "report.md").exists() and list(report.glob("*.png"))
+    assert (report / "overoptimization_quickstart.png").exists()
 
-    # Rerunning skips every finished stage (only figures and claims, which have no marker, run again).
+    # Rerunning skips every finished stage (only the base check, figures and claims, which have no marker,
+    # run again).
     r = cli("quickstart", "--out", str(out), timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    for key in ("world", "datasets", "pretrain/tiny-m", "quickstart/sft/tiny-m/1", "quickstart/ppo/tiny-m/1"):
+    for key in (
+        "world",
+        "datasets",
+        "quickstart/sft/tiny-m/1",
+        "quickstart/rm-agreement/tiny-m/1",
+        "quickstart/ppo/tiny-m/1",
+    ):
         assert f"[skip] {key}:" in r.stdout, key
-    assert "[2/2] quickstart/claims" in r.stdout
+    assert "quickstart/claims" in r.stdout
+
+
+def test_quickstart_controls_fail_as_they_must(quickstart):
+    """Each negative control breaks the mechanism of one claim (a negated reward, a frozen policy, no EOS
+    trick in either arm); the claim's check must FAIL on it, or the claim proves nothing."""
+    r = cli("quickstart", "--controls", "--out", str(quickstart), timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    results = quickstart / "results" / "quickstart"
+    controls = json.loads((results / "controls.json").read_text())
+    names = {c["control"] for c in controls}
+    assert names == {"control-negated-reward", "control-frozen-policy", "control-no-eos-trick-2"}
+    for c in controls:
+        assert not c["passed"], c
+    assert "Negative controls" in (results / "claims.md").read_text()
+    assert json.loads((results / "summary.json").read_text())["controls_failing_as_they_must"] == "3/3"
+    # The negated reward drives the gold win rate below SFT's: the control is not merely "no change".
+    negated = next(c for c in controls if c["control"] == "control-negated-reward")
+    assert negated["numbers"]["difference"] < 0
+
+
+def test_ppo_learns_a_target_length(quickstart, tmp_path):
+    """The CartPole of RLHF: from the quickstart's SFT policy, PPO on a reward for a 20-token response (the
+    SFT policy writes about 37) must raise that reward within a few minutes. The first check to run when
+    the gold-reward PPO does not learn."""
+    sft = quickstart / "results" / "quickstart" / "sft" / "tiny-m" / "1" / "model"
+    r = cli(
+        "ppo",
+        "--sft-model-path",
+        str(sft),
+        "--query-dataset",
+        str(quickstart / "data" / "sft"),
+        "--reward-source",
+        "length",
+        "--target-length",
+        "20",
+        "--value-init",
+        "sft",
+        "--model-name",
+        "tiny-m",
+        "--results-dir",
+        str(tmp_path),
+        "--experiment",
+        "cartpole",
+        "--batch-size",
+        "32",
+        "--local-micro-batch-size",
+        "16",
+        "--local-rollout-forward-batch-size",
+        "32",
+        "--total-episodes",
+        str(CARTPOLE_UPDATES * 32),
+        "--lr",
+        "5e-5",
+        "--lr-schedule",
+        "constant",
+        "--response-length",
+        "40",
+        "--no-progress",
+        timeout=1200,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "cartpole" / "ppo" / "tiny-m" / "1"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    scores = [row["objective/raw_scores"] for row in rows]
+    assert len(scores) == CARTPOLE_UPDATES
+    first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
+    print(f"length reward: first 3 updates {first:.3f}, last 3 {last:.3f}")
+    assert last > first + CARTPOLE_MIN_RISE, scores

@@ -84,3 +84,22 @@ def test_every_model_preset_can_be_pretrained():
     from rlhf_repro.modeling import MODEL_PRESETS
 
     assert set(typing.get_args(typing.get_type_hints(Args)["model_preset"])) == set(MODEL_PRESETS)
+
+
+def test_every_detail_tag_in_the_code_resolves_in_docs_details():
+    """`detail N`, `details N-M`, `details N, M` and `R-NN` written in code each have their entry in
+    docs/details.md."""
+    details = (REPO / "docs" / "details.md").read_text()
+    headings = set(re.findall(r"^### (detail \d+|R-\d\d)$", details, re.M))
+    found = set()
+    for path in [*REPO.glob("rlhf_repro/**/*.py"), *REPO.glob("experiments/*.py"), *REPO.glob("analysis/*.py")]:
+        text = path.read_text()
+        found |= {(t, path.name) for t in re.findall(r"\bR-\d\d\b", text)}
+        for m in re.finditer(r"\b[Dd]etails? (\d+)((?:\s*(?:-|,|and)\s*\d+)*)", text):
+            numbers = [int(m.group(1))] + [int(x) for x in re.findall(r"\d+", m.group(2))]
+            if "-" in m.group(2):
+                numbers = list(range(numbers[0], numbers[-1] + 1))
+            found |= {(f"detail {n}", path.name) for n in numbers}
+    assert len(found) > 50
+    missing = sorted((tag, where) for tag, where in found if tag not in headings)
+    assert not missing, missing

@@ -19,6 +19,19 @@ import os
 from pathlib import Path
 
 
+def pair_agreement(gold, reward) -> tuple[int, int]:
+    """(pairs the reward orders as gold does, pairs gold does not tie) over every pair of columns of the
+    (posts, K) tensors, within each row. A reward tie on a gold-untied pair counts as a disagreement."""
+    agree = total = 0
+    k = gold.size(1)
+    for a in range(k):
+        for b in range(a + 1, k):
+            untied = gold[:, a] != gold[:, b]
+            agree += int(((reward[:, a] - reward[:, b]).sign() == (gold[:, a] - gold[:, b]).sign())[untied].sum())
+            total += int(untied.sum())
+    return agree, total
+
+
 def rm_policy_agreement(
     policy: str | os.PathLike,
     reward_model: str | os.PathLike,
@@ -65,12 +78,7 @@ def rm_policy_agreement(
             scores = [gold_score(texts_of[ids[j // k]], t.strip()) for j, t in enumerate(decoded)]
             gold.append(torch.tensor(scores).view(-1, k))
     g, r = torch.cat(gold), torch.cat(reward).float()
-    agree = total = 0
-    for a in range(k):
-        for b in range(a + 1, k):
-            untied = g[:, a] != g[:, b]
-            agree += int(((r[:, a] - r[:, b]).sign() == (g[:, a] - g[:, b]).sign())[untied].sum())
-            total += int(untied.sum())
+    agree, total = pair_agreement(g, r)
     return {
         "rm_gold_agreement_on_policy_samples": round(agree / max(1, total), 4),
         "untied_pairs": total,
