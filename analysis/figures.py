@@ -15,6 +15,8 @@ stage finished), metrics.jsonl and the stage's tables. Nothing is read from W&B.
 - win_rate.png             judge win rate against the references per stage against size (runs with a
                            judged_validation.csv from `rlhf-repro judge`), with an optional baseline line
 - length_control.png       win rate against log length ratio per stage (largest model with judged runs)
+- reference_gold_scores.png  with --world (simulated world): the histogram of the references' gold scores
+                           from WORLD/world.json, with their mean and share of perfect ones
 
 Model size is the parameter count read from the run's saved safetensors headers (no weights loaded).
 """
@@ -124,21 +126,38 @@ def scaling_plot(ax, points: list[tuple[float, float]], label: str, color=None) 
     return {int(x): {"mean": m, "std": s, "n": len(by[x])} for x, m, s in zip(xs, means, stds)}
 
 
+SMOOTH = 5
+
+
+def smooth(a, window: int = SMOOTH) -> np.ndarray:
+    """Centered running mean over `window` values (fewer at the ends: what exists)."""
+    a = np.asarray(a, dtype=float)
+    c = np.cumsum(np.insert(a, 0, 0.0))
+    i = np.arange(len(a))
+    lo, hi = np.maximum(0, i - window // 2), np.minimum(len(a), i + window // 2 + 1)
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
 def overoptimization_plot(plt, group: list[dict], curves: dict, out: Path, exp: str, written: list) -> dict:
     """Proxy (RM) and gold score of each update's rollouts against sqrt(KL) (Gao et al. 2022); returns
-    per run the update where gold peaked and the proxy and gold there and at the end."""
+    per run the update where gold peaked and the proxy and gold there and at the end. Each update's
+    rollout batch is small, so the curves (and the peak) are running means over `SMOOTH` updates; the
+    raw points are drawn faintly."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5), sharex=True)
     found = {}
     for r in group:
         rows = [m for m in curves[r["path"]] if m.get("gold/scores") is not None]
         if not rows:
             continue
-        x = np.sqrt(np.maximum(0.0, [m["objective/kl"] for m in rows]))
-        proxy = np.array([m["objective/raw_scores"] for m in rows])
-        gold = np.array([m["gold/scores"] for m in rows])
+        x = smooth(np.sqrt(np.maximum(0.0, [m["objective/kl"] for m in rows])))
+        proxy = smooth(np.array([m["objective/raw_scores"] for m in rows]))
+        gold = smooth(np.array([m["gold/scores"] for m in rows]))
         label = f"{r['model']}/{r['seed']}"
-        a1.plot(x, proxy, lw=1, label=label)
-        a2.plot(x, gold, lw=1, label=label)
+        line = a1.plot(x, proxy, lw=1.5, label=label)[0]
+        raw_x = np.sqrt(np.maximum(0.0, [m["objective/kl"] for m in rows]))
+        a1.plot(raw_x, [m["objective/raw_scores"] for m in rows], ".", ms=2, alpha=0.3, color=line.get_color())
+        a2.plot(x, gold, lw=1.5, label=label, color=line.get_color())
+        a2.plot(raw_x, [m["gold/scores"] for m in rows], ".", ms=2, alpha=0.3, color=line.get_color())
         peak = int(np.argmax(gold))
         found[label] = {
             "updates": len(rows),
@@ -157,7 +176,7 @@ def overoptimization_plot(plt, group: list[dict], curves: dict, out: Path, exp: 
     for ax in (a1, a2):
         ax.set_xlabel("sqrt(KL to the SFT policy), nats^0.5 per response")
     a1.legend(fontsize=7)
-    fig.suptitle(f"{exp}: the proxy reward against the truth", fontsize=10)
+    fig.suptitle(f"{exp}: the proxy reward against the truth (running mean of {SMOOTH} updates)", fontsize=10)
     save(fig, out, f"overoptimization_{exp}", written)
     plt.close(fig)
     return found
@@ -168,12 +187,47 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def build(results: Path, out: Path, baseline: dict | None = None) -> dict:
+def reference_scores_plot(plt, world: Path, out: Path, written: list) -> dict | None:
+    """Histogram of the references' gold scores (world.json `reference_gold_scores`): how good the human
+    summaries of the simulated world are, the bar every policy is judged against."""
+    refs = json.loads((world / "world.json").read_text()).get("reference_gold_scores")
+    if not refs or not refs.get("histogram"):
+        return None
+    bins = list(refs["histogram"])
+    counts = np.array([refs["histogram"][b] for b in bins], dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(range(len(bins)), counts / counts.sum(), color="tab:gray")
+    ax.set_xticks(range(len(bins)))
+    ax.set_xticklabels(bins, fontsize=7, rotation=30)
+    ax.set_xlabel("gold score of the reference (maximum 8)")
+    ax.set_ylabel("share of references")
+    ax.set_title(
+        f"references: mean {refs['mean']:.2f} ({refs['mean_fraction_of_max']:.0%} of max), "
+        f"{refs['perfect_share']:.0%} perfect, n {refs['n']}",
+        fontsize=9,
+    )
+    save(fig, out, "reference_gold_scores", written)
+    plt.close(fig)
+    return {k: refs[k] for k in ("mean", "mean_fraction_of_max", "perfect_share", "n")}
+
+
+def build(
+    results: Path, out: Path, baseline: dict | None = None, world: Path | None = None, headline: list[str] | None = None
+) -> dict:
     plt = _plt()
     out.mkdir(parents=True, exist_ok=True)
-    runs = discover(results)
+    every = discover(results)
+    # The figures across sizes and stages pool the runs of the headline experiments only, so that an
+    # ablation's or a negative control's PPO is not averaged into the PPO point; PPO curves are per experiment.
+    runs = [r for r in every if not headline or r["experiment"] in headline]
     written: list[str] = []
-    numbers: dict = {"runs": len(runs)}
+    numbers: dict = {"runs": len(every)}
+    if headline:
+        numbers["headline_experiments"] = sorted(headline)
+    if world is not None:
+        found = reference_scores_plot(plt, world, out, written)
+        if found:
+            numbers["reference_gold_scores"] = found
 
     def of(stage):
         return [r for r in runs if r["stage"] == stage and r["params"]]
@@ -275,8 +329,8 @@ def build(results: Path, out: Path, baseline: dict | None = None) -> dict:
 
     from rlhf_repro.runs import read_metrics
 
-    for exp in sorted({r["experiment"] for r in runs if r["stage"] == "ppo"}):
-        group = [r for r in runs if r["stage"] == "ppo" and r["experiment"] == exp]
+    for exp in sorted({r["experiment"] for r in every if r["stage"] == "ppo"}):
+        group = [r for r in every if r["stage"] == "ppo" and r["experiment"] == exp]
         curves = {
             r["path"]: [m for m in read_metrics(r["path"] / "metrics.jsonl") if "objective/kl" in m] for r in group
         }
@@ -359,7 +413,10 @@ def build(results: Path, out: Path, baseline: dict | None = None) -> dict:
     lines = [
         f"# Report: {results}",
         "",
-        f"{len(runs)} finished runs. Regenerate with `rlhf-repro figures {results}`.",
+        f"{len(every)} finished runs. Regenerate with `rlhf-repro figures {results}`"
+        + "".join(f" --headline {h}" for h in sorted(headline or []))
+        + "".join(f" --world {world}" for _ in [world] if world is not None)
+        + ".",
         "",
     ]
     for name in written:
@@ -385,10 +442,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="where figures and report.md go (default RESULTS/report)")
     p.add_argument("--baseline-judged", default=None, help="a judged CSV drawn as a horizontal line on win_rate.png")
     p.add_argument("--baseline-label", default="OpenAI 1.3B PPO", help="legend of the baseline line")
+    p.add_argument(
+        "--world", default=None, help="simulated world directory: adds reference_gold_scores.png from its world.json"
+    )
+    p.add_argument(
+        "--headline",
+        action="append",
+        default=None,
+        metavar="EXPERIMENT",
+        help="experiment whose runs the figures across sizes and stages pool (repeatable; default every "
+        "experiment); ablations and controls still get their own PPO curves",
+    )
     args = p.parse_args(argv)
     results = Path(args.results)
     if not results.is_dir():
         print(f"error: {results}: not a directory", file=sys.stderr)
+        return 2
+    world = Path(args.world) if args.world else None
+    headline = args.headline or None
+    if world is not None and not (world / "world.json").is_file():
+        print(f"error: {world / 'world.json'}: not found (--world must be a generated world)", file=sys.stderr)
         return 2
     baseline = None
     if args.baseline_judged:
@@ -396,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
 
         wins, _, _ = verdicts(read_rows(Path(args.baseline_judged)), args.baseline_judged)
         baseline = {"win_rate": float(wins.mean()), "label": args.baseline_label}
-    numbers = build(results, Path(args.out) if args.out else results / "report", baseline)
+    numbers = build(results, Path(args.out) if args.out else results / "report", baseline, world, headline)
     print(json.dumps({"runs": numbers["runs"], "figures": numbers["figures"]}, indent=2))
     return 0
 

@@ -74,10 +74,13 @@ def main() -> int:
     args = parser.parse_args()
 
     qs, out = Path(args.quickstart), Path(args.out)
-    # The quickstart's base model (base/base/pretrain/...; quickstarts before `reproduce` used results/quickstart/).
+    # The quickstart's base model: the shipped one (rlhf_repro/sim/base_models/), or the one a quickstart
+    # with --pretrain-base pretrained (base/base/pretrain/...).
+    from rlhf_repro.sim.shipped import shipped_model_dir
+
     base = qs / "base" / "base" / "pretrain" / "tiny-m" / "1" / "model"
-    if not base.exists() and (qs / "results" / "quickstart" / "pretrain").exists():
-        base = qs / "results" / "quickstart" / "pretrain" / "tiny-m" / "1" / "model"
+    if not base.exists():
+        base = shipped_model_dir("tiny-m")
     common = ["--results-dir", str(out), "--experiment", "tiny", "--seed", str(args.seed), "--no-progress"]
     sft_cmd = [
         sys.executable,

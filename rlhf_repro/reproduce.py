@@ -269,6 +269,17 @@ def expand_includes(reg: Registry, name: str) -> list[str]:
     return out
 
 
+def headline_experiments(reg: Registry, name: str) -> list[str]:
+    """The experiments whose runs the cross-size figures pool: the root of each planned experiment's base
+    chain (an ablation or a control has a base; its own PPO curves are still drawn)."""
+    roots = []
+    for n in expand_includes(reg, name):
+        while reg.experiments[n].get("base"):
+            n = reg.experiments[n]["base"]
+        roots.append(n)
+    return list(dict.fromkeys(roots))
+
+
 @dataclass
 class PlanOptions:
     preset: str = "tiny"
@@ -483,7 +494,9 @@ def plan(reg: Registry, experiment: str, layout: Layout, opts: PlanOptions) -> l
                 None,
                 None,
                 None,
-                ["figures", str(layout.results)],
+                ["figures", str(layout.results)]
+                + (["--world", str(layout.world)] if tiny else [])
+                + [a for h in headline_experiments(reg, experiment) for a in ("--headline", h)],
                 None,
                 list(dict.fromkeys(all_keys)),
             )

@@ -135,3 +135,57 @@ def test_size_labels():
         "14M",
         "512",
     ]
+
+
+def test_smooth_is_a_centered_running_mean():
+    from analysis.figures import smooth
+
+    a = [1.0, 3.0, 2.0, 7.0, 9.0, 11.0]
+    slow = [sum(a[max(0, i - 2) : i + 3]) / len(a[max(0, i - 2) : i + 3]) for i in range(len(a))]
+    assert smooth(a, 5).tolist() == pytest.approx(slow)
+
+
+def test_overoptimization_world_figure_and_headline(tmp_path):
+    results = tmp_path / "results"
+    make_run(results, "main", "sft", "m", 1, 16, {"validation/sft/rouge/rougeL": 0.5})
+    main = make_run(results, "main", "ppo", "m", 1, 16, {})
+    control = make_run(results, "control", "ppo", "m", 1, 16, {})
+    # The main PPO wins every comparison, the control none: the headline win rate must be the main's alone.
+    for path, verdict in ((main, "policy"), (control, "reference")):
+        rows = list(csv.DictReader(open(path / "judged_validation.csv")))
+        write_csv(path / "judged_validation.csv", [dict(r, preferred=verdict) for r in rows])
+    # Gold metrics: the proxy keeps rising while gold peaks at update 6 and falls.
+    gold = [1, 2, 3, 4, 5, 6, 5, 4, 3, 2, 1, 0]
+    lines = [
+        {"step": s, "objective/scores": s, "objective/raw_scores": s, "objective/kl": s * s, "gold/scores": g}
+        for s, g in enumerate(gold, 1)
+    ]
+    (main / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    world = tmp_path / "world"
+    world.mkdir()
+    refs = {
+        "n": 10,
+        "mean": 6.5,
+        "mean_fraction_of_max": 0.8125,
+        "perfect_share": 0.2,
+        "histogram": {"[6, 7)": 8, "[7, 8]": 2},
+    }
+    (world / "world.json").write_text(json.dumps({"reference_gold_scores": refs}))
+    out = tmp_path / "report"
+    args = [sys.executable, "-m", "rlhf_repro.cli", "figures", str(results), "--out", str(out)]
+    r = run_cmd(args + ["--world", str(world), "--headline", "main"])
+    assert r.returncode == 0, r.stderr
+    numbers = json.loads((out / "numbers.json").read_text())
+    assert numbers["runs"] == 3 and numbers["headline_experiments"] == ["main"]
+    assert numbers["win_rate"]["ppo"][str(16 * 16)]["mean"] == 1.0  # the control's 0 is not pooled in
+    assert numbers["reference_gold_scores"]["mean"] == 6.5 and (out / "reference_gold_scores.png").exists()
+    found = numbers["overoptimization"]["main"]["m/1"]
+    # Centered running means of 5: the smoothed gold peaks at update 6 (updates 4-8), the proxy still rising.
+    assert found["gold_peak_update"] == 6 and found["gold_end"] < found["gold_peak"]
+    assert found["proxy_end"] > found["proxy_at_gold_peak"]
+    assert (out / "overoptimization_main.png").exists() and (out / "ppo_curves_control.png").exists()
+    # Without --headline both PPO runs are pooled (the registry's plans always pass it).
+    r = run_cmd([sys.executable, "-m", "rlhf_repro.cli", "figures", str(results), "--out", str(tmp_path / "all")])
+    assert json.loads((tmp_path / "all" / "numbers.json").read_text())["win_rate"]["ppo"][str(256)]["mean"] == 0.5
+    r = run_cmd(args + ["--world", str(tmp_path / "nowhere")])
+    assert r.returncode == 2 and "world.json" in r.stderr

@@ -85,18 +85,63 @@ def test_paper_plan_shape_and_ablation_shares_the_base_runs(tmp_path):
 
 
 def test_quickstart_plan_uses_the_world_and_overrides_preset_flags(tmp_path):
+    from rlhf_repro.sim.shipped import shipped_model_dir
+
     reg = R.load_registry()
     nodes = {n.key: n for n in R.plan(reg, "quickstart", R.Layout(tmp_path), R.PlanOptions())}
-    assert list(nodes)[:3] == ["world", "datasets", "pretrain/tiny-m"]
+    assert list(nodes)[:3] == ["world", "datasets", "base/tiny-m"]
+    # The shipped base model, checked against the plan's world, is what SFT starts from.
+    assert nodes["base/tiny-m"].argv == ["sim", "check-base", "--world", str(tmp_path / "world"), "--size", "tiny-m"]
+    sft = nodes["quickstart/sft/tiny-m/1"]
+    assert sft.argv[sft.argv.index("--base-model") + 1] == str(shipped_model_dir("tiny-m"))
+    assert "base/tiny-m" in sft.deps and "--eval-at-start" in sft.argv
     ppo = nodes["quickstart/ppo/tiny-m/1"].argv
     assert ppo.count("--total-episodes") == 1 and ppo[ppo.index("--total-episodes") + 1] == "512"
-    assert ppo[ppo.index("--response-length") + 1] == "34"
+    assert ppo[ppo.index("--response-length") + 1] == "40" and "--gold-metrics" in ppo
     no_trick = nodes["quickstart-no-eos-trick/ppo/tiny-m/1"].argv
-    assert "--no-non-eos-penalty" in no_trick and no_trick[no_trick.index("--response-length") + 1] == "34"
+    assert "--no-non-eos-penalty" in no_trick and no_trick[no_trick.index("--response-length") + 1] == "40"
+    agreement = nodes["quickstart/rm-agreement/tiny-m/1"]
+    assert agreement.argv[:2] == ["sim", "rm-agreement"] and agreement.deps == ["quickstart/reward/tiny-m/1"]
+    assert agreement.marker == tmp_path / "results/quickstart/reward/tiny-m/1/rm_policy_agreement.json"
+    assert "judge-base" in " ".join(nodes)  # the base model's samples (--eval-at-start) are judged too
+    figures = nodes["figures"].argv
+    assert figures[figures.index("--world") + 1] == str(tmp_path / "world")
+    assert figures[figures.index("--headline") + 1] == "quickstart" and figures.count("--headline") == 1
     assert nodes["quickstart/claims"].deps[-1] == "figures"
+    assert "--control" not in nodes["quickstart/claims"].argv  # controls only when they are planned
     assert "quickstart-no-eos-trick/claims" not in nodes
     with pytest.raises(R.RegistryError, match="only with preset"):
         R.plan(reg, "quickstart", R.Layout(tmp_path), R.PlanOptions(preset="paper"))
+
+
+def test_quickstart_controls_plan_reuses_sft_and_rm_and_reports_the_controls(tmp_path):
+    reg = R.load_registry()
+    nodes = {n.key: n for n in R.plan(reg, "quickstart-controls", R.Layout(tmp_path), R.PlanOptions())}
+    for name, flag in (
+        ("control-negated-reward", "--negate-reward"),
+        ("control-frozen-policy", "--ppo.kl-coef"),
+        ("control-no-eos-trick-2", "--seed-offset"),
+    ):
+        ppo = nodes[f"{name}/ppo/tiny-m/1"].argv
+        assert flag in ppo, name
+        assert ppo[ppo.index("--sft-model-path") + 1] == str(tmp_path / "results/quickstart/sft/tiny-m/1/model")
+        assert f"{name}/sft/tiny-m/1" not in nodes
+    frozen = nodes["control-frozen-policy/ppo/tiny-m/1"].argv
+    assert frozen[frozen.index("--ppo.kl-coef") + 1] == "1000"
+    assert "--no-non-eos-penalty" in nodes["control-no-eos-trick-2/ppo/tiny-m/1"].argv
+    claims = nodes["quickstart/claims"].argv
+    got = [claims[i + 1] for i, a in enumerate(claims) if a == "--control"]
+    assert got == ["control-negated-reward:2", "control-frozen-policy:2", "control-no-eos-trick-2:3"]
+
+
+def test_pretrain_base_plans_a_pretraining_stage_instead_of_the_shipped_model(tmp_path):
+    reg = R.load_registry()
+    nodes = {n.key: n for n in R.plan(reg, "quickstart", R.Layout(tmp_path), R.PlanOptions(pretrain_base=True))}
+    assert "pretrain/tiny-m" in nodes and "base/tiny-m" not in nodes
+    pre = nodes["pretrain/tiny-m"].argv
+    assert pre[pre.index("--steps") + 1] == "3000"
+    sft = nodes["quickstart/sft/tiny-m/1"].argv
+    assert sft[sft.index("--base-model") + 1].startswith(str(tmp_path / "base"))
 
 
 def test_merge_flags_keeps_the_last_setting_in_place():
@@ -309,10 +354,14 @@ def test_unknown_experiment_and_size_are_clear_errors(tmp_path):
 def test_quickstart_dry_run_prints_every_stage(tmp_path):
     r = cli("quickstart", "--out", str(tmp_path / "qs"), "--dry-run")
     assert r.returncode == 0, r.stderr
-    keys = ["world", "datasets", "pretrain/tiny-m", "quickstart/sft/tiny-m/1", "quickstart/dpo/tiny-m/1"]
-    keys += ["quickstart-no-eos-trick/ppo/tiny-m/1", "quickstart/judge-ppo/tiny-m/1", "figures", "quickstart/claims"]
+    keys = ["world", "datasets", "base/tiny-m", "quickstart/sft/tiny-m/1", "quickstart/dpo/tiny-m/1"]
+    keys += ["quickstart/rm-agreement/tiny-m/1", "quickstart-no-eos-trick/ppo/tiny-m/1"]
+    keys += ["quickstart/judge-ppo/tiny-m/1", "figures", "quickstart/claims"]
     for key in keys:
         assert f"# {key}: to run" in r.stdout, key
+    assert "control-" not in r.stdout
+    r = cli("quickstart", "--out", str(tmp_path / "qs"), "--dry-run", "--controls")
+    assert r.returncode == 0 and "# control-negated-reward/ppo/tiny-m/1: to run" in r.stdout
 
 
 def test_quickstart_size_seed_and_track_reach_the_stages(tmp_path):
@@ -321,6 +370,8 @@ def test_quickstart_size_seed_and_track_reach_the_stages(tmp_path):
     assert "# quickstart/sft/tiny-s/7: to run" in r.stdout and "tiny-m" not in r.stdout
     sft = next(line for line in r.stdout.splitlines() if line.startswith("rlhf-repro sft "))
     assert "--track" in sft and "--seed 7" in sft
+    assert "rlhf-repro sim check-base --world " in r.stdout and "--size tiny-s" in r.stdout
+    r = cli("quickstart", "--out", str(tmp_path / "qs"), "--size", "tiny-s", "--track", "--pretrain-base", "--dry-run")
     pretrain = next(line for line in r.stdout.splitlines() if line.startswith("rlhf-repro pretrain "))
     assert "--model-preset tiny-s" in pretrain and "--track" not in pretrain
 
