@@ -11,7 +11,7 @@ from tests.conftest import cli
 
 pytestmark = pytest.mark.slow
 # The CartPole check's budget and bar (README "Tests"): measured rise on seed 1 is in docs/LOG.md.
-CARTPOLE_UPDATES = 12
+CARTPOLE_UPDATES = 16
 CARTPOLE_MIN_RISE = 0.3
 SUMMARY_KEYS = (
     "base_rougeL",
@@ -120,7 +120,9 @@ def test_quickstart_controls_fail_as_they_must(quickstart):
 def test_ppo_learns_a_target_length(quickstart, tmp_path):
     """The CartPole of RLHF: from the quickstart's SFT policy, PPO on a reward for a 20-token response (the
     SFT policy writes about 37) must raise that reward within a few minutes. The first check to run when
-    the gold-reward PPO does not learn."""
+    the gold-reward PPO does not learn. The EOS trick is off: its -1 sits above what a 37-token response
+    scores here (-1.7), so with it on, never ending would be the easiest gain (measured: the reward fell
+    from -1.77 to -1.94 in 12 updates), the trap the trick's value must avoid in any reward's units."""
     sft = quickstart / "results" / "quickstart" / "sft" / "tiny-m" / "1" / "model"
     r = cli(
         "ppo",
@@ -134,6 +136,7 @@ def test_ppo_learns_a_target_length(quickstart, tmp_path):
         "20",
         "--value-init",
         "sft",
+        "--no-non-eos-penalty",
         "--model-name",
         "tiny-m",
         "--results-dir",
