@@ -25,6 +25,10 @@ The claims and their tests:
    two win rates (normal approximation) lies above 0.
 3. With the EOS trick the share of rollouts without an EOS falls to at most half its start; without the
    trick it stays above half its start and above the trick's (means over the first/last 3 updates).
+   Its numbers also carry, as context and never as part of the verdict, the RM's read-out of the SFT
+   policy's rollouts that end and of those that run past PPO's response length (`sim rm-agreement`)
+   beside the trick's penalty: when the RM already reads unended rollouts below the penalty, PPO without
+   the trick is pushed to end at least as hard as with it, and a note says so.
 4. DPO's implicit reward is less accurate on the validation pairs than the explicit RM.
 5. At equal length (the logistic fit of win ~ log(len response / len reference) at 0, by characters),
    PPO's win rate is above SFT's by more than 0.01 and PPO's bootstrap 95% lower bound is above SFT's
@@ -83,14 +87,18 @@ def _judged(run: Path, name: str = "judged_validation.csv") -> tuple[np.ndarray,
     return wins, [rows[i] for i in kept]
 
 
-def _agreement(reward_run: Path) -> float | None:
-    """The RM's agreement with gold on the SFT policy's own samples (`rlhf-repro sim rm-agreement`)."""
+def _agreement(reward_run: Path, length: str | None = None) -> float | None:
+    """The RM's agreement with gold on the SFT policy's own samples (`rlhf-repro sim rm-agreement`): at its
+    main response length, or at `length` (a shorter one it also measured, under `at_length`)."""
     path = reward_run / "rm_policy_agreement.json"
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())["rm_gold_agreement_on_policy_samples"]
-    except (json.JSONDecodeError, KeyError):
+        report = json.loads(path.read_text())
+        if length is not None:
+            return report.get("at_length", {}).get(length, {}).get("rm_gold_agreement_on_policy_samples")
+        return report["rm_gold_agreement_on_policy_samples"]
+    except (json.JSONDecodeError, KeyError, AttributeError):
         raise InputError("unreadable rm_policy_agreement.json", path) from None
 
 
@@ -157,7 +165,35 @@ def claim_gold_win_rate(sft_runs: list[Path], ppo_runs: list[Path]) -> dict:
     return {"passed": bool(diff - 1.96 * se > 0), "numbers": numbers}
 
 
-def claim_eos(ppo_runs: list[Path], ablation_runs: list[Path]) -> dict:
+def _readout(reward_runs: list[Path], ppo_runs: list[Path]) -> dict:
+    """The RM's mean read-out of the SFT policy's rollouts that end with an EOS and of those that run past
+    PPO's response length (`sim rm-agreement`, at that length), beside the EOS trick's penalty: context for
+    claim 3, never part of its verdict. Empty when the agreement report or the PPO config is missing."""
+    try:
+        config = json.loads((ppo_runs[0] / "config.json").read_text()) if ppo_runs else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+    length, penalty = config.get("response_length"), config.get("penalty_reward_value")
+    ended, unended = [], []
+    for run in reward_runs:
+        path = run / "rm_policy_agreement.json"
+        if not path.exists() or length is None:
+            continue
+        try:
+            report = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise InputError("unreadable rm_policy_agreement.json", path) from None
+        at = report if report.get("response_length") == length else report.get("at_length", {}).get(str(length))
+        if at:
+            ended.append(at.get("rm_score_ended"))
+            unended.append(at.get("rm_score_no_eos"))
+    out = {"rm_readout_ended": _r(_mean(ended)), "rm_readout_no_eos": _r(_mean(unended))}
+    if out["rm_readout_ended"] is None and out["rm_readout_no_eos"] is None:
+        return {}
+    return out | {"eos_trick_penalty": penalty}
+
+
+def claim_eos(ppo_runs: list[Path], ablation_runs: list[Path], reward_runs: list[Path] = ()) -> dict:
     def first_last(runs):
         series = [_series(r, "ppo/val/no_eos_fraction") for r in runs]
         series = [s for s in series if s]
@@ -182,8 +218,20 @@ def claim_eos(ppo_runs: list[Path], ablation_runs: list[Path]) -> dict:
         numbers["missing"] = "ppo/val/no_eos_fraction of the PPO run and of its -no-eos-trick ablation"
         return {"passed": False, "numbers": numbers}
     passed = t_last <= 0.5 * t_first and a_last > 0.5 * a_first and a_last > t_last and t_first > 0.05
+    numbers |= _readout(list(reward_runs), ppo_runs)
     if t_first <= 0.05:
         numbers["note"] = "the SFT policy already ends nearly every rollout: nothing for the trick to do"
+    elif (
+        numbers.get("rm_readout_no_eos") is not None
+        and numbers.get("eos_trick_penalty") is not None
+        and numbers["rm_readout_no_eos"] < numbers["eos_trick_penalty"]
+    ):
+        # Details 12, 13, 23: the RM's read-out at a token that is not an EOS is untrained; when it sits
+        # below the trick's penalty, the RM alone already punishes running past the end harder than the trick.
+        numbers["note"] = (
+            "the RM reads unended rollouts below the EOS trick's penalty, so PPO without the trick is pushed to "
+            "end at least as hard as with it"
+        )
     return {"passed": bool(passed), "numbers": numbers}
 
 
@@ -252,7 +300,7 @@ def check_claims(results: Path, experiment: str, ablation: str) -> list[dict]:
     verdicts = [
         claim_rm(rm),
         claim_gold_win_rate(sft, ppo),
-        claim_eos(ppo, abl),
+        claim_eos(ppo, abl, rm),
         claim_dpo(rm, dpo),
         claim_length_control(sft, ppo),
     ]
@@ -277,6 +325,7 @@ def headline_summary(results: Path, experiment: str, ablation: str, world: Path 
         },
         "rm_accuracy_ood": _r(_mean(x.get("eval/rm/validation_cnndm/accuracy") for x in rm)),
         "rm_gold_agreement_on_policy_samples": _r(_mean(_agreement(r) for r in runs["reward"])),
+        "rm_gold_agreement_at_rollout_length": {},
         "gold_ceiling_accuracy": None,
         "dpo_implicit_accuracy": _r(_mean(x.get("eval/rm/validation/accuracy") for x in sums["dpo"])),
         "gold_win_rate": {},
@@ -285,6 +334,16 @@ def headline_summary(results: Path, experiment: str, ablation: str, world: Path 
         "mean_response_length": {},
         "stage_seconds": {},
     }
+    lengths = set()
+    for r in runs["reward"]:
+        path = r / "rm_policy_agreement.json"
+        if path.exists():
+            try:
+                lengths |= set(json.loads(path.read_text()).get("at_length", {}))
+            except (json.JSONDecodeError, AttributeError):
+                raise InputError("unreadable rm_policy_agreement.json", path) from None
+    for length in sorted(lengths, key=int):
+        out["rm_gold_agreement_at_rollout_length"][length] = _r(_mean(_agreement(r, length) for r in runs["reward"]))
     if world is not None and (world / "world.json").exists():
         info = json.loads((world / "world.json").read_text())
         out["gold_ceiling_accuracy"] = _r(info["gold_accuracy_validation"]["all"]["accuracy"])
@@ -351,7 +410,7 @@ def check_controls(results: Path, experiment: str, ablation: str, controls: list
         elif number == 2:
             verdict = claim_gold_win_rate(sft, _runs(results, name, "ppo"))
         elif number == 3:
-            verdict = claim_eos(_runs(results, name, "ppo"), _runs(results, ablation, "ppo"))
+            verdict = claim_eos(_runs(results, name, "ppo"), _runs(results, ablation, "ppo"), rm)
         elif number == 4:
             verdict = claim_dpo(rm, _runs(results, name, "dpo"))
         else:

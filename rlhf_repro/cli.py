@@ -104,6 +104,14 @@ def sim_main(argv: list[str]) -> int:
     agree.add_argument("--samples", type=int, default=4, help="samples per post (K)")
     agree.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (PPO's rollouts: 0.7)")
     agree.add_argument("--response-length", type=int, default=53, help="tokens sampled per response")
+    agree.add_argument(
+        "--also-at-length",
+        type=int,
+        action="append",
+        default=[],
+        help="also report at this shorter response length, on the same samples cut to it (repeatable; the "
+        "quickstart passes its PPO's 40)",
+    )
     agree.add_argument("--seed", type=int, default=0, help="sampling seed")
     agree.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     agree.add_argument("--out", required=True, help="JSON file to write")
@@ -180,6 +188,7 @@ def sim_main(argv: list[str]) -> int:
             temperature=args.temperature,
             response_length=args.response_length,
             seed=args.seed,
+            also_at=tuple(args.also_at_length),
         )
         atomic_write_json(Path(args.out), report)
         print(json.dumps(report, indent=2))

@@ -69,7 +69,8 @@ def cli(argv: list[str] | None = None) -> int:
     )
     print(
         f"RM vs gold on SFT's own  {summary['rm_gold_agreement_on_policy_samples']} of sample pairs ordered as gold "
-        "orders them (chance 0.5)"
+        "orders them at 53 tokens (chance 0.5)"
+        + "".join(f"; {v} at {k}" for k, v in summary.get("rm_gold_agreement_at_rollout_length", {}).items())
     )
     refs = summary.get("reference_gold_score", {})
     print(

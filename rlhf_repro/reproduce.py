@@ -443,6 +443,10 @@ def plan(reg: Registry, experiment: str, layout: Layout, opts: PlanOptions) -> l
                     argv = ["sim", "rm-agreement", "--policy", str(sft_run / "model"), "--reward-model"]
                     argv += [str(rm_run / "model"), "--query-dataset", str(layout.data / "sft"), "--world"]
                     argv += [str(layout.world), "--seed", str(seed), "--out", str(out)]
+                    # At the paper's 53 tokens and, on the same samples, at PPO's own response length.
+                    ppo_flags = stage_flags(reg, opts.preset, name, "ppo", size)
+                    if "--response-length" in ppo_flags:
+                        argv += ["--also-at-length", ppo_flags[ppo_flags.index("--response-length") + 1]]
                     k = add(
                         Node(
                             f"{name}/rm-agreement/{size}/{seed}",

@@ -87,6 +87,36 @@ def test_claims_fail_with_their_numbers_and_missing_inputs_fail(tmp_path):
     assert all(not c["passed"] and "missing" in c["numbers"] for c in missing)
 
 
+def test_eos_claim_reports_the_rms_readout_of_unended_rollouts_without_changing_its_verdict(tmp_path):
+    trick, no_trick = [0.4, 0.4, 0.4, 0.1, 0.05, 0.05], [0.4, 0.4, 0.4, 0.1, 0.05, 0.05]
+    _world(tmp_path, [0.5] * 9, [0] * 10, [1] * 10, trick=trick, no_trick=no_trick)
+    before = C.check_claims(tmp_path, "qs", "qs-no-eos-trick")[2]
+    assert not before["passed"] and "rm_readout_no_eos" not in before["numbers"]  # no agreement report yet
+    for run in ("qs/ppo/tiny-m/1", "qs-no-eos-trick/ppo/tiny-m/1"):
+        (tmp_path / run / "config.json").write_text(json.dumps({"response_length": 40, "penalty_reward_value": -1.0}))
+    # The agreement report at the paper's 53 tokens, with PPO's 40 under at_length: the 40-token numbers count.
+    report = {"response_length": 53, "rm_score_ended": 0.5, "rm_score_no_eos": 0.0}
+    report["rm_gold_agreement_on_policy_samples"] = 0.7
+    report["at_length"] = {"40": {"rm_score_ended": -0.05, "rm_score_no_eos": -2.5}}
+    report["at_length"]["40"]["rm_gold_agreement_on_policy_samples"] = 0.6
+    (tmp_path / "qs/reward/tiny-m/1/rm_policy_agreement.json").write_text(json.dumps(report))
+    summary = C.headline_summary(tmp_path, "qs", "qs-no-eos-trick", None)
+    assert summary["rm_gold_agreement_on_policy_samples"] == 0.7
+    assert summary["rm_gold_agreement_at_rollout_length"] == {"40": 0.6}
+    after = C.check_claims(tmp_path, "qs", "qs-no-eos-trick")[2]
+    assert after["passed"] == before["passed"]
+    assert {k: after["numbers"][k] for k in ("rm_readout_ended", "rm_readout_no_eos", "eos_trick_penalty")} == {
+        "rm_readout_ended": -0.05,
+        "rm_readout_no_eos": -2.5,
+        "eos_trick_penalty": -1.0,
+    }
+    assert "below the EOS trick's penalty" in after["numbers"]["note"]
+    # A read-out above the penalty leaves no note (the claim then fails or passes on its own numbers).
+    report["at_length"]["40"]["rm_score_no_eos"] = 0.1
+    (tmp_path / "qs/reward/tiny-m/1/rm_policy_agreement.json").write_text(json.dumps(report))
+    assert "note" not in C.check_claims(tmp_path, "qs", "qs-no-eos-trick")[2]["numbers"]
+
+
 def test_claims_cli_writes_json_markdown_and_summary(tmp_path):
     _world(
         tmp_path, [0.5 + 0.05 * k for k in range(9)], [0, 1] * 100, [1, 1, 1, 0] * 50, [0.9] * 3 + [0.1] * 3, [0.9] * 6

@@ -352,8 +352,13 @@ def test_ppo_with_the_gold_reward(small_datasets, small_world, eos_prone_model, 
     # --gold-metrics logs the same rollouts' gold scores: the reward is exactly them minus the offset.
     for r in rows:
         assert r["objective/raw_scores"] == pytest.approx(r["gold/scores"] - offset, abs=1e-4)
-    zero = run_ok(small_datasets, eos_prone_model, "", tmp_path / "zero", *flags, "--gold-reward-scale", "0")
-    assert all(r["objective/raw_scores"] == 0 for r in zero)  # the scale multiplies (gold - offset)
+    # An explicit --gold-reward-offset replaces the references' mean, and the scale multiplies (gold - offset).
+    given = ("--gold-reward-scale", "0.5", "--gold-reward-offset", "2.5")
+    scaled = run_ok(small_datasets, eos_prone_model, "", tmp_path / "scaled", *flags, *given)
+    summary = json.loads((tmp_path / "scaled" / "t" / "ppo" / "tiny" / "1" / "summary.json").read_text())
+    assert summary["gold_reward_offset"] == 2.5
+    for r in scaled:
+        assert r["objective/raw_scores"] == pytest.approx(0.5 * (r["gold/scores"] - 2.5), abs=1e-4)
     r = ppo(small_datasets, eos_prone_model, "", tmp_path / "x", "--reward-source", "gold")
     assert r.returncode == 2 and "--value-init" in r.stderr
 

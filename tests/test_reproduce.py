@@ -103,6 +103,9 @@ def test_quickstart_plan_uses_the_world_and_overrides_preset_flags(tmp_path):
     agreement = nodes["quickstart/rm-agreement/tiny-m/1"]
     assert agreement.argv[:2] == ["sim", "rm-agreement"] and agreement.deps == ["quickstart/reward/tiny-m/1"]
     assert agreement.marker == tmp_path / "results/quickstart/reward/tiny-m/1/rm_policy_agreement.json"
+    # At the paper's 53 tokens (the tool's default) and, on the same samples, at PPO's own 40.
+    assert "--response-length" not in agreement.argv
+    assert agreement.argv[agreement.argv.index("--also-at-length") + 1] == "40"
     assert "judge-base" in " ".join(nodes)  # the base model's samples (--eval-at-start) are judged too
     figures = nodes["figures"].argv
     assert figures[figures.index("--world") + 1] == str(tmp_path / "world")

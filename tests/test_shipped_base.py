@@ -88,7 +88,61 @@ def test_rm_agreement_cli(small_world, small_datasets, eos_prone_model, tiny_rew
     assert got["posts"] == 6 and got["pairs"] == 18 and 0 <= got["untied_pairs"] <= 18
     assert 0 <= got["rm_gold_agreement_on_policy_samples"] <= 1
     assert got["gold_of_rm_best"] <= got["gold_of_gold_best"] and got["gold_mean"] <= got["gold_of_gold_best"]
+    assert 0 <= got["no_eos_share"] <= 1 and got["untied_ended_pairs"] <= got["untied_pairs"]
+    # The read-out of ended and unended samples: whichever kind occurs has a mean, the other is None.
+    assert (got["rm_score_no_eos"] is None) == (got["no_eos_share"] == 0)
+    assert (got["rm_score_ended"] is None) == (got["no_eos_share"] == 1)
     # The same seed samples the same responses.
     cli(*args[:-1], str(tmp_path / "again.json"), "--posts", "6", "--samples", "3", "--response-length", "12")
     again = json.loads((tmp_path / "again.json").read_text())
     assert again == got
+
+
+def test_rm_agreement_at_a_shorter_length_is_the_same_samples_cut(
+    small_world, small_datasets, eos_prone_model, tiny_reward_model, tmp_path
+):
+    """`--also-at-length L` reports on the first L tokens of the same samples: exactly what a run at
+    `--response-length L` with the same seed samples (a sample's first L tokens are an L-token sample)."""
+    args = ["sim", "rm-agreement", "--policy", str(eos_prone_model), "--reward-model", str(tiny_reward_model)]
+    args += ["--query-dataset", str(small_datasets / "sft"), "--world", str(small_world), "--posts", "6"]
+    args += ["--samples", "3", "--seed", "5"]
+    r = cli(*args, "--response-length", "12", "--also-at-length", "5", "--out", str(tmp_path / "long.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = cli(*args, "--response-length", "5", "--out", str(tmp_path / "short.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    long, short = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("long", "short"))
+    cut = long["at_length"]["5"]
+    for key, value in cut.items():
+        assert short[key] == pytest.approx(value, abs=1e-4), key
+    assert set(long["at_length"]) == {"5"} and "at_length" not in short
+    # Fewer tokens end fewer samples.
+    assert cut["no_eos_share"] >= long["no_eos_share"]
+
+
+def test_base_models_write_then_check_round_trip(small_world, tmp_path, monkeypatch):
+    """`sim base-models --write` ships a retrained model with its recipe; a second retrain from that recipe
+    checks against it (bit-identical here: same machine, same threads). A stand-in shipped folder and a
+    3-step recipe on the small world keep it to seconds."""
+    import shutil
+
+    from rlhf_repro.sim import shipped as S
+
+    monkeypatch.setattr(S, "SHIPPED_DIR", tmp_path / "shipped")
+    flags = ["--steps", "3", "--lr", "3e-3", "--batch-size", "4", "--block-size", "64"]
+    monkeypatch.setitem(S.PRETRAIN_FLAGS, "tiny-xs", flags)
+    work = tmp_path / "work"
+    shutil.copytree(small_world, work / "world")
+    first = S.retrain(["tiny-xs"], work, write=True, threads=1)
+    assert "check" not in first["sizes"]["tiny-xs"]  # nothing was shipped to compare with yet
+    recipe = S.recipe("tiny-xs")
+    assert recipe["world"] == S.world_fingerprint(work / "world") and recipe["pretrain_flags"] == flags
+    assert S.check_world(work / "world", "tiny-xs") == tmp_path / "shipped" / "tiny-xs" / "model"
+    shutil.rmtree(work / "runs")
+    again = S.retrain(["tiny-xs"], work, write=False, threads=1)["sizes"]["tiny-xs"]
+    assert again["check"] == "PASS" and again["bit_identical"] and again["val_loss_gap"] == 0, again
+    # A retrain that lands elsewhere (one step instead of three: its loss far above the tolerance) fails.
+    shutil.rmtree(work / "runs")
+    monkeypatch.setitem(S.PRETRAIN_FLAGS, "tiny-xs", ["--steps", "1", *flags[2:]])
+    other = S.retrain(["tiny-xs"], work, write=False, threads=1)["sizes"]["tiny-xs"]
+    assert not other["bit_identical"] and other["val_loss_gap"] > S.VAL_LOSS_TOLERANCE
+    assert other["check"] == "FAIL"
