@@ -173,7 +173,7 @@ def _readout(reward_runs: list[Path], ppo_runs: list[Path]) -> dict:
         config = json.loads((ppo_runs[0] / "config.json").read_text()) if ppo_runs else {}
     except (OSError, json.JSONDecodeError):
         return {}
-    length, penalty = config.get("response_length"), config.get("penalty_reward_value")
+    length = config.get("response_length")
     ended, unended = [], []
     for run in reward_runs:
         path = run / "rm_policy_agreement.json"
@@ -181,16 +181,19 @@ def _readout(reward_runs: list[Path], ppo_runs: list[Path]) -> dict:
             continue
         try:
             report = json.loads(path.read_text())
-        except json.JSONDecodeError:
+            at = report if report.get("response_length") == length else report.get("at_length", {}).get(str(length))
+            if at:
+                ended.append(None if at.get("rm_score_ended") is None else float(at["rm_score_ended"]))
+                unended.append(None if at.get("rm_score_no_eos") is None else float(at["rm_score_no_eos"]))
+        except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
             raise InputError("unreadable rm_policy_agreement.json", path) from None
-        at = report if report.get("response_length") == length else report.get("at_length", {}).get(str(length))
-        if at:
-            ended.append(at.get("rm_score_ended"))
-            unended.append(at.get("rm_score_no_eos"))
     out = {"rm_readout_ended": _r(_mean(ended)), "rm_readout_no_eos": _r(_mean(unended))}
     if out["rm_readout_ended"] is None and out["rm_readout_no_eos"] is None:
         return {}
-    return out | {"eos_trick_penalty": penalty}
+    # The penalty is a score to compare the read-out with only when the trick replaces the score (detail 23).
+    if config.get("non_eos_penalty", True) and config.get("penalty_mode", "replace") == "replace":
+        out["eos_trick_penalty"] = config.get("penalty_reward_value")
+    return out
 
 
 def claim_eos(ppo_runs: list[Path], ablation_runs: list[Path], reward_runs: list[Path] = ()) -> dict:
@@ -339,9 +342,11 @@ def headline_summary(results: Path, experiment: str, ablation: str, world: Path 
         path = r / "rm_policy_agreement.json"
         if path.exists():
             try:
-                lengths |= set(json.loads(path.read_text()).get("at_length", {}))
-            except (json.JSONDecodeError, AttributeError):
+                found = set(json.loads(path.read_text()).get("at_length", {}))
+                [int(x) for x in found]
+            except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
                 raise InputError("unreadable rm_policy_agreement.json", path) from None
+            lengths |= found
     for length in sorted(lengths, key=int):
         out["rm_gold_agreement_at_rollout_length"][length] = _r(_mean(_agreement(r, length) for r in runs["reward"]))
     if world is not None and (world / "world.json").exists():

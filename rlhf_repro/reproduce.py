@@ -238,6 +238,16 @@ def _flag_key(flag: str) -> str:
     return f"{prefix}.{last}" if prefix else last
 
 
+def _flag_value(flags: list[str], name: str) -> str | None:
+    """The value of `name` in a flag list (`--name V` or `--name=V`), or None when it is not set."""
+    for i, tok in enumerate(flags):
+        if tok == name and i + 1 < len(flags) and not flags[i + 1].startswith("--"):
+            return flags[i + 1]
+        if tok.startswith(name + "="):
+            return tok.split("=", 1)[1]
+    return None
+
+
 def merge_flags(flags: list[str]) -> list[str]:
     """Collapse repeated flags (each `--flag [values...]` group) keeping the last value at the first place."""
     groups: dict[str, list[str]] = {}
@@ -444,9 +454,9 @@ def plan(reg: Registry, experiment: str, layout: Layout, opts: PlanOptions) -> l
                     argv += [str(rm_run / "model"), "--query-dataset", str(layout.data / "sft"), "--world"]
                     argv += [str(layout.world), "--seed", str(seed), "--out", str(out)]
                     # At the paper's 53 tokens and, on the same samples, at PPO's own response length.
-                    ppo_flags = stage_flags(reg, opts.preset, name, "ppo", size)
-                    if "--response-length" in ppo_flags:
-                        argv += ["--also-at-length", ppo_flags[ppo_flags.index("--response-length") + 1]]
+                    length = _flag_value(stage_flags(reg, opts.preset, name, "ppo", size), "--response-length")
+                    if length is not None:
+                        argv += ["--also-at-length", length]
                     k = add(
                         Node(
                             f"{name}/rm-agreement/{size}/{seed}",

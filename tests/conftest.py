@@ -20,8 +20,93 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+class _ForkServer:
+    """Client of tests/forkserver.py: a process that has imported torch, transformers and datasets once and
+    forks a child per command (see its docstring for what it can and cannot stand in for)."""
+
+    def __init__(self):
+        import queue
+        import threading
+
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("forkserver.py"))],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self._next(120)  # {"ready": pid}
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def _next(self, timeout):
+        import json
+
+        line = self.lines.get(timeout=timeout)
+        if line is None:
+            raise RuntimeError("the test fork server exited")
+        return json.loads(line)
+
+    def run(self, args, cwd, env, timeout):
+        import json
+        import signal
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            request = {"argv": args[1:], "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+            pid = self._next(60)["pid"]
+            try:
+                rc = self._next(timeout)["rc"]
+            except Exception:
+                os.killpg(pid, signal.SIGKILL)
+                self._next(60)
+                raise subprocess.TimeoutExpired(args, timeout) from None
+            text = {p: p.read_text(errors="replace") if p.exists() else "" for p in (out, err)}
+            return subprocess.CompletedProcess(args, rc, text[out], text[err])
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+_FORK_SERVER: list = []
+
+
+def _forkable(args: list[str], env: dict | None) -> bool:
+    """A command of ours run by this interpreter, whose extra environment is read at run time only."""
+    if os.environ.get("RLHF_REPRO_TEST_FORK", "1") == "0" or len(args) < 2 or args[0] != sys.executable:
+        return False
+    if not (args[1] == "-m" or args[1].endswith(".py")):
+        return False
+    return all(k.startswith("RLHF_REPRO_") for k in (env or {}))
+
+
 def run_cmd(args: list[str], cwd: Path = REPO, timeout: int = 600, env: dict | None = None):
-    """Run a command of the suite in a subprocess, the way a user would."""
+    """Run a command of the suite in its own process, the way a user would. Commands of this interpreter
+    are forked from a server that has done their imports (tests/forkserver.py); others start afresh."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    if _forkable(args, env):
+        if not _FORK_SERVER:
+            import atexit
+
+            _FORK_SERVER.append(_ForkServer())
+            atexit.register(_FORK_SERVER[0].close)
+        return _FORK_SERVER[0].run(args, cwd, full_env, timeout)
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def run_fresh(args: list[str], cwd: Path = REPO, timeout: int = 600, env: dict | None = None):
+    """`run_cmd` in a fresh interpreter always: for what happens at import time."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
 

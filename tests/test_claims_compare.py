@@ -9,6 +9,7 @@ import pytest
 
 from analysis import claims as C
 from analysis import compare as K
+from rlhf_repro.io import InputError
 from tests.conftest import cli
 
 pytestmark = pytest.mark.unit
@@ -67,6 +68,15 @@ def test_claims_pass_on_a_world_where_they_hold(tmp_path):
     _world(tmp_path, conf, sft_wins, ppo_wins, trick=[0.8, 0.8, 0.8, 0.3, 0.1, 0.05, 0.05], no_trick=[0.8] * 7)
     got = C.check_claims(tmp_path, "qs", "qs-no-eos-trick")
     assert [c["passed"] for c in got] == [True] * 5, got
+    # The RM's read-out of unended rollouts is context: a read-out below the penalty adds a note and
+    # leaves every verdict as it was.
+    (tmp_path / "qs/ppo/tiny-m/1/config.json").write_text(
+        json.dumps({"response_length": 40, "penalty_reward_value": -1})
+    )
+    report = {"response_length": 40, "rm_score_ended": 0.1, "rm_score_no_eos": -3.0}
+    (tmp_path / "qs/reward/tiny-m/1/rm_policy_agreement.json").write_text(json.dumps(report))
+    again = C.check_claims(tmp_path, "qs", "qs-no-eos-trick")
+    assert [c["passed"] for c in again] == [True] * 5 and "note" in again[2]["numbers"]
     eos = got[2]["numbers"]
     assert eos["with_trick_first"] == 0.8 and eos["with_trick_last"] == pytest.approx(0.0667, abs=1e-4)
     rm = got[0]["numbers"]
@@ -115,6 +125,17 @@ def test_eos_claim_reports_the_rms_readout_of_unended_rollouts_without_changing_
     report["at_length"]["40"]["rm_score_no_eos"] = 0.1
     (tmp_path / "qs/reward/tiny-m/1/rm_policy_agreement.json").write_text(json.dumps(report))
     assert "note" not in C.check_claims(tmp_path, "qs", "qs-no-eos-trick")[2]["numbers"]
+    # Without the trick (or with TRL's subtract mode) there is no penalty to compare the read-out with.
+    for run in ("qs/ppo/tiny-m/1", "qs-no-eos-trick/ppo/tiny-m/1"):
+        cfg = {"response_length": 40, "penalty_reward_value": -1.0, "penalty_mode": "subtract"}
+        (tmp_path / run / "config.json").write_text(json.dumps(cfg))
+    assert "eos_trick_penalty" not in C.check_claims(tmp_path, "qs", "qs-no-eos-trick")[2]["numbers"]
+    # A report of the wrong shape is refused with the file named, not a traceback.
+    for bad in ([1, 2], {"response_length": 53, "at_length": [1]}, {"response_length": 40, "rm_score_ended": "x"}):
+        (tmp_path / "qs/reward/tiny-m/1/rm_policy_agreement.json").write_text(json.dumps(bad))
+        with pytest.raises(InputError, match="rm_policy_agreement.json"):
+            C.check_claims(tmp_path, "qs", "qs-no-eos-trick")
+            C.headline_summary(tmp_path, "qs", "qs-no-eos-trick", None)
 
 
 def test_claims_cli_writes_json_markdown_and_summary(tmp_path):

@@ -356,7 +356,7 @@ def test_ppo_with_the_gold_reward(small_datasets, small_world, eos_prone_model, 
     given = ("--gold-reward-scale", "0.5", "--gold-reward-offset", "2.5")
     scaled = run_ok(small_datasets, eos_prone_model, "", tmp_path / "scaled", *flags, *given)
     summary = json.loads((tmp_path / "scaled" / "t" / "ppo" / "tiny" / "1" / "summary.json").read_text())
-    assert summary["gold_reward_offset"] == 2.5
+    assert summary["gold_reward_offset"] == 2.5 and scaled
     for r in scaled:
         assert r["objective/raw_scores"] == pytest.approx(0.5 * (r["gold/scores"] - 2.5), abs=1e-4)
     r = ppo(small_datasets, eos_prone_model, "", tmp_path / "x", "--reward-source", "gold")

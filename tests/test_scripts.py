@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from datasets import load_from_disk
 
-from tests.conftest import REAL_TOKENIZER, cli, run_cmd
+from tests.conftest import REAL_TOKENIZER, cli, run_cmd, run_fresh
 
 pytestmark = pytest.mark.smoke
 
@@ -311,8 +311,10 @@ def test_script_help_documents_every_flag():
             "--nminibatches",
         ],
     }.items():
-        r = run_cmd([sys.executable, script, "--help"])
-        assert r.returncode == 0
+        # A fresh interpreter each: the one test of every script's imports from scratch (the others fork
+        # from a server that has done them, tests/forkserver.py).
+        r = run_fresh([sys.executable, script, "--help"])
+        assert r.returncode == 0, r.stderr[-2000:]
         for flag in flags:
             assert flag in r.stdout
 

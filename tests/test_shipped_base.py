@@ -102,9 +102,10 @@ def test_rm_agreement_at_a_shorter_length_is_the_same_samples_cut(
     small_world, small_datasets, eos_prone_model, tiny_reward_model, tmp_path
 ):
     """`--also-at-length L` reports on the first L tokens of the same samples: exactly what a run at
-    `--response-length L` with the same seed samples (a sample's first L tokens are an L-token sample)."""
+    `--response-length L` with the same seed samples (each batch of 16 posts samples from its own seed, so
+    20 posts take two batches and the second batch checks it too)."""
     args = ["sim", "rm-agreement", "--policy", str(eos_prone_model), "--reward-model", str(tiny_reward_model)]
-    args += ["--query-dataset", str(small_datasets / "sft"), "--world", str(small_world), "--posts", "6"]
+    args += ["--query-dataset", str(small_datasets / "sft"), "--world", str(small_world), "--posts", "20"]
     args += ["--samples", "3", "--seed", "5"]
     r = cli(*args, "--response-length", "12", "--also-at-length", "5", "--out", str(tmp_path / "long.json"))
     assert r.returncode == 0, r.stderr[-2000:]

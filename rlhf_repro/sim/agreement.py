@@ -86,7 +86,7 @@ def rm_policy_agreement(
     also_at: tuple[int, ...] = (),
 ) -> dict:
     """The report at `response_length`; `also_at` shorter lengths are measured on the same samples cut to
-    that many tokens (a sample's first L tokens are a sample of L tokens) under `at_length`."""
+    that many tokens (exactly the samples a run at that length draws) under `at_length`."""
     import torch
 
     from rlhf_repro.data import load_processed, token_batch
@@ -94,6 +94,7 @@ def rm_policy_agreement(
     from rlhf_repro.modeling import load_causal_lm
     from rlhf_repro.ops import truncate_response
     from rlhf_repro.reward_model import get_reward, load_reward_model
+    from rlhf_repro.seeding import derived_seed
     from rlhf_repro.sim.evaluate import world_posts
     from rlhf_repro.sim.labeler import gold_score
     from rlhf_repro.tokenization import load_tokenizer
@@ -103,10 +104,10 @@ def rm_policy_agreement(
     pad, eos, k = tokenizer.pad_token_id, tokenizer.eos_token_id, samples
     model = load_causal_lm(policy).eval()
     rm = load_reward_model(reward_model).eval()
-    data = load_processed(Path(query_dataset), {"validation": ("query_token",)})["validation"]
+    columns = ("query_token", "reference_response_token")
+    data = load_processed(Path(query_dataset), {"validation": columns})["validation"]
     texts_of = world_posts(world)
     n = min(posts, len(data))
-    generator = torch.Generator().manual_seed(seed)
     got = {length: ([], [], []) for length in lengths}  # gold, reward, ended
     ref_reward = []
     with torch.no_grad():
@@ -115,6 +116,9 @@ def rm_policy_agreement(
             queries, references = token_batch(data, rows, "query_token", "reference_response_token")
             ref_reward.append(get_reward(rm, torch.cat((queries, references), 1), pad, queries.size(1))[1])
             queries = queries.repeat_interleave(k, 0)
+            # Each batch of posts from its own seed: a sample's first L tokens are then exactly what a run at
+            # `--response-length L` samples (the sampler draws once per row and step).
+            generator = torch.Generator().manual_seed(derived_seed(seed, start))
             sampled, _ = generate(model, queries, pad, response_length, temperature, generator=generator)
             ids = data.select(rows)["id"]
             for length in lengths:
