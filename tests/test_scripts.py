@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from datasets import load_from_disk
 
-from tests.conftest import REAL_TOKENIZER, cli, run_cmd, run_fresh
+from tests.conftest import REAL_TOKENIZER, cli, run_fresh
 
 pytestmark = pytest.mark.smoke
 
