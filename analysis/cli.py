@@ -13,7 +13,6 @@ beside it). Rows without a verdict (`preferred` empty) are left out of win rates
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -24,17 +23,11 @@ import numpy as np
 from rlhf_repro.io import InputError
 
 
-def read_csv(path: str, required: tuple[str, ...]) -> list[dict]:
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as e:
-        raise InputError(f"cannot read ({e.strerror})", path) from None
-    if rows:
-        missing = [c for c in required if c not in rows[0]]
-        if missing:
-            raise InputError(f"missing column(s) {', '.join(missing)}", path, line=1, field=missing[0])
-    return rows
+def read_csv(path: str, required: tuple[str, ...], numeric: tuple[str, ...] = ()) -> list[dict]:
+    """A judged / evaluation table through the suite's one CSV reader (`rlhf_repro.readers.read_table`)."""
+    from rlhf_repro.readers import read_table
+
+    return read_table(path, required, numeric)
 
 
 def verdicts(rows: list[dict], path: str) -> tuple[np.ndarray, list[int], int]:
@@ -46,8 +39,34 @@ def verdicts(rows: list[dict], path: str) -> tuple[np.ndarray, list[int], int]:
             wins.append(1.0 if p == "policy" else 0.0)
             kept.append(i)
         elif p:
-            raise InputError(f"must be policy, reference or empty, got {p!r}", path, line=i + 2, field="preferred")
+            line = rows.lines[i] if hasattr(rows, "lines") else i + 2
+            raise InputError(f"must be policy, reference or empty, got {p!r}", path, line=line, field="preferred")
+    if not kept:
+        raise InputError("no row has a verdict ('preferred' is policy or reference in none of them)", path)
     return np.array(wins), kept, len(rows) - len(kept)
+
+
+def scores_of(rows, path: str, i: int, *columns: str) -> list[float]:
+    """Row i's numeric cells (checked finite by the reader); an empty one is refused with its line."""
+    out = []
+    for c in columns:
+        if rows[i][c] == "":
+            raise InputError("empty, but this row has a verdict and needs the score", path, line=rows.lines[i], field=c)
+        out.append(float(rows[i][c]))
+    return out
+
+
+def finite_json(obj):
+    """`obj` with every non-finite float as None: the output is JSON, which has no NaN."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return finite_json(obj.item())
+    return obj
 
 
 def seed_of(path: str) -> str:
@@ -159,11 +178,12 @@ def plot_length_control(out: dict, path: str) -> None:
 def judged_margins(path: str, score: str, reference_score: str) -> tuple[np.ndarray, np.ndarray]:
     """§4.6's judge mode: margin = RM(policy) - RM(reference); 'correct' = the RM's preference matches
     the judge's (rows without a verdict left out)."""
-    rows = read_csv(path, ("preferred", score, reference_score))
+    rows = read_csv(path, ("preferred", score, reference_score), numeric=(score, reference_score))
     margin, correct = [], []
-    for r in rows:
+    for i, r in enumerate(rows):
         if r["preferred"] in ("policy", "reference"):
-            m = float(r[score]) - float(r[reference_score])
+            a, b = scores_of(rows, path, i, score, reference_score)
+            m = a - b
             margin.append(m)
             correct.append(float((m > 0) == (r["preferred"] == "policy")))
     return np.array(margin), np.array(correct)
@@ -180,7 +200,8 @@ def cmd_calibration(args) -> dict:
     for label, path in zip(labels, paths):
         if args.rm_eval:
             rows = read_csv(path, ("chosen_reward", "rejected_reward"))
-            margin = np.array([float(r["chosen_reward"]) - float(r["rejected_reward"]) for r in rows])
+            pairs = [scores_of(rows, path, i, "chosen_reward", "rejected_reward") for i in range(len(rows))]
+            margin = np.array([a - b for a, b in pairs])
             correct = (margin > 0).astype(float)
         else:
             margin, correct = judged_margins(path, args.score_column, args.reference_score_column)
@@ -211,12 +232,14 @@ def cmd_calibration(args) -> dict:
 
 
 def cmd_agreement(args) -> dict:
-    rows = read_csv(args.judged, ("preferred", args.score_column, args.reference_score_column))
+    columns = (args.score_column, args.reference_score_column)
+    rows = read_csv(args.judged, ("preferred", *columns), numeric=columns)
     agree = n = 0
-    for r in rows:
+    for i, r in enumerate(rows):
         if r["preferred"] not in ("policy", "reference"):
             continue
-        rm_policy = float(r[args.score_column]) > float(r[args.reference_score_column])
+        a, b = scores_of(rows, args.judged, i, *columns)
+        rm_policy = a > b
         agree += rm_policy == (r["preferred"] == "policy")
         n += 1
     from analysis.stats import wilson_interval
@@ -234,7 +257,7 @@ def cmd_eos(args) -> dict:
         fig, ax = plt.subplots(figsize=(5, 3.5))
     for label, path in zip(labels, args.table):
         rows = read_csv(path, ("response_token_len", "eos_present"))
-        lens = np.array([float(r["response_token_len"]) for r in rows])
+        lens = np.array([float(scores_of(rows, path, i, "response_token_len")[0]) for i in range(len(rows))])
         eos = np.array([r["eos_present"] in ("True", "true", "1") for r in rows])
         counts, edges = np.histogram(lens, bins=np.arange(0, lens.max() + 2) if len(lens) else 1)
         out[label] = {
@@ -347,11 +370,16 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from rlhf_repro.readers import output_file
+
+        for target in (getattr(args, "out", None), getattr(args, "figure", None)):
+            if target:
+                output_file(target)  # refused before any work, not after it
         result = COMMANDS[args.command](args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    text = json.dumps(result, indent=2, default=float)
+    text = json.dumps(finite_json(result), indent=2, default=float, allow_nan=False)
     if args.out:
         from rlhf_repro.io import atomic_write_text
 

@@ -64,11 +64,10 @@ def run_numbers(run: Path, stage: str) -> dict:
     judged = run / "judged_validation.csv.summary.json"
     if judged.exists():
         out["win_rate"] = json.loads(judged.read_text()).get("win_rate")
-        scores = []
-        with open(run / "judged_validation.csv", newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                if row.get("judge_policy_score") not in (None, ""):
-                    scores.append(float(row["judge_policy_score"]))
+        from rlhf_repro.readers import read_table
+
+        rows = read_table(run / "judged_validation.csv")
+        scores = [float(r["judge_policy_score"]) for r in rows if r.get("judge_policy_score") not in (None, "")]
         if scores:
             out["gold_score"] = float(np.mean(scores))
     if stage == "reward":

@@ -24,7 +24,6 @@ Model size is the parameter count read from the run's saved safetensors headers 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import struct
 import sys
@@ -183,8 +182,10 @@ def overoptimization_plot(plt, group: list[dict], curves: dict, out: Path, exp: 
 
 
 def read_rows(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    """A run folder's table through the suite's one CSV reader (`rlhf_repro.readers.read_table`)."""
+    from rlhf_repro.readers import read_table
+
+    return read_table(path)
 
 
 def reference_scores_plot(plt, world: Path, out: Path, written: list) -> dict | None:

@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -60,6 +61,10 @@ class Args:
     """CNN/DM (out-of-domain validation) query format and length budgets."""
     pad_token: str = "[PAD]"
     """Padding token registered on the tokenizer; must differ from EOS (detail 3)."""
+    special_tokens_in_text: Literal["text", "special"] = "text"
+    """A special token's string inside a post or summary (`<|endoftext|>`, `[PAD]`): tokenized as text (ours:
+    the ids then hold EOS and PAD only where the pipeline puts them), or as the special token, as the
+    reference's tokenizer call does (a second EOS inside a summary; a PAD inside a query, hidden by the mask)."""
     max_rows_per_split: int | None = None
     """Keep only the first N rows of each split (for quick looks; implies nothing about length checks)."""
     batch_size: int = 2048
@@ -69,18 +74,35 @@ class Args:
 
 
 class Encoder:
-    """Batched, special-token-free encoding with the tokenizer's Rust backend (uses every core)."""
+    """Batched encoding with the tokenizer's Rust backend (uses every core).
 
-    def __init__(self, tokenizer):
+    Text rules (docs/inputs.md): with `special_tokens_in_text="text"` (the default) a special token's
+    string inside a post, title or summary (`<|endoftext|>`, `[PAD]`, ...) is tokenized as the characters it
+    is, so the processed ids hold a special id only where the pipeline put one: the EOS appended to every
+    summary (`eos=True`) and the padding. With `"special"`, as the reference's tokenizer call does, such a
+    string becomes the special token itself: a second EOS inside a summary, or a PAD inside a query that the
+    attention mask then hides (and the decoded query no longer matches its post)."""
+
+    def __init__(self, tokenizer, special_tokens_in_text: str = "text"):
         self.tok = tokenizer
         self.pad_id = tokenizer.pad_token_id
         self.eos = tokenizer.eos_token
+        self.as_text = special_tokens_in_text == "text"
 
-    def batch(self, texts: list[str]) -> list[list[int]]:
-        return self.tok(texts, add_special_tokens=False)["input_ids"] if texts else []
+    def batch(self, texts: list[str], eos: bool = False) -> list[list[int]]:
+        """Token ids of each text; with `eos`, each text ends with the EOS string the pipeline appended."""
+        if not texts:
+            return []
+        if not self.as_text:
+            return self.tok(texts, add_special_tokens=False)["input_ids"]
+        if eos:
+            assert all(t.endswith(self.eos) for t in texts), "eos=True for a text without the appended EOS"
+            texts = [t[: -len(self.eos)] for t in texts]
+        ids = self.tok(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return [row + [self.tok.eos_token_id] for row in ids] if eos else ids
 
     def one(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"]
+        return self.batch([text])[0]
 
     def decode_batch(self, token_rows: list[list[int]]) -> list[str]:
         if not token_rows:
@@ -119,17 +141,19 @@ def process_queries(infos: list[dict], hparams: TaskQueryHParams, enc: Encoder, 
 
 
 def encode_padded(texts: list[str], length: int, enc: Encoder) -> tuple[list[list[int]], list[int]]:
-    tokens = enc.batch(texts)
+    """Summaries (each ending with the appended EOS), tokenized and right-padded to `length`."""
+    tokens = enc.batch(texts, eos=True)
     return [pad_right(t, length, enc.pad_id) for t in tokens], [len(t) for t in tokens]
 
 
 def query_response(queries, query_tokens, query_lens, responses, response_tokens, hparams, max_len, enc):
-    """query.strip() + response, tokenized and right-padded, plus its response-only label."""
+    """query.strip() + response, tokenized and right-padded, plus its response-only label (detail 5: every
+    column pre-tokenized to a fixed width)."""
     texts = [q.strip() + r for q, r in zip(queries, responses)]
     if hparams.padding == "empty_space":
         # The reference concatenates token lists when queries are padded with spaces.
         tokens = [list(q) + list(r) for q, r in zip(query_tokens, response_tokens)]
-        lens = [len(t) for t in enc.batch(texts)]
+        lens = [len(t) for t in enc.batch(texts, eos=True)]
         labels = [response_label(t, hparams.length, enc.pad_id) for t in tokens]
     else:
         tokens, lens = encode_padded(texts, max_len, enc)
@@ -361,7 +385,7 @@ def main(args: Args) -> dict:
         raise InputError("nothing to build: pass --tldr-source and/or --comparisons-source")
     t0 = time.time()
     tokenizer = load_tokenizer(args.tokenizer, pad_token=args.pad_token)
-    enc = Encoder(tokenizer)
+    enc = Encoder(tokenizer, args.special_tokens_in_text)
     print(
         f"tokenizer {args.tokenizer}: {len(tokenizer)} tokens, eos={tokenizer.eos_token_id}, "
         f"pad={tokenizer.pad_token_id} ({tokenizer.pad_token})"

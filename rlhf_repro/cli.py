@@ -141,10 +141,11 @@ def sim_main(argv: list[str]) -> int:
 
     if args.command == "score-table":
         from rlhf_repro.io import atomic_write_text
+        from rlhf_repro.readers import output_file
         from rlhf_repro.sim.evaluate import score_table, world_posts
 
+        out = output_file(args.out or str(Path(args.table).with_suffix("")) + "_gold.csv")
         rows, summary = score_table(args.table, world_posts(args.world) if args.world else None)
-        out = Path(args.out or str(Path(args.table).with_suffix("")) + "_gold.csv")
         if rows:
             import csv
             import io

@@ -76,27 +76,11 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-empty line; errors name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", path)
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(
-                    f"not valid UTF-8 (byte {e.start}: {raw[e.start : e.start + 1]!r})", path, lineno
-                ) from None
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise InputError(f"not valid JSON ({e.msg} at column {e.colno})", path, lineno) from None
-            if not isinstance(obj, dict):
-                raise InputError(f"expected a JSON object, got {type(obj).__name__}", path, lineno)
-            yield lineno, obj
+    """Yield (line number, object) for each non-empty line; errors name the file and line
+    (`rlhf_repro.readers.read_jsonl`, the one JSONL reader)."""
+    from rlhf_repro.readers import read_jsonl as read
+
+    yield from read(path)
 
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

@@ -20,8 +20,6 @@ are still written, and rerunning the same command asks again only the failed row
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import sys
@@ -32,62 +30,13 @@ from rlhf_repro.io import InputError
 
 def read_table(path: Path, limit: int | None, response_column: str = "response", reference_column: str = "reference"):
     """Rows with `query`, `response` and `reference` (renamed from the given columns; a reference is cut
-    at the first <|endoftext|>, as the reference's judge does)."""
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise InputError(f"cannot read ({e.strerror})", path) from None
-    try:
-        text = raw.decode("utf-8-sig")  # -sig: a byte-order mark (Excel's UTF-8 export) is not part of a name
-    except UnicodeDecodeError as e:
-        offset = e.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
-        line = raw.count(b"\n", 0, offset) + 1
-        raise InputError(
-            f"not valid UTF-8 (byte {raw[offset : offset + 1]!r} at offset {offset}); save the table as UTF-8",
-            path,
-            line=line,
-            field=_column_of_bad_byte(raw),
-        ) from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    try:
-        rows = list(reader)
-    except csv.Error as e:  # e.g. a field over the csv module's size limit
-        # The inner reader's line_num counts the line it failed on; DictReader's lags one record behind.
-        raise InputError(f"not a readable CSV ({e})", path, line=reader.reader.line_num) from None
-    wanted = ("query", response_column, reference_column)
-    if rows:
-        missing = [c for c in wanted if c not in rows[0]]
-        if missing:
-            raise InputError(f"missing column(s) {', '.join(missing)}", path, line=1, field=missing[0])
-    for i, row in enumerate(rows, start=2):
-        for c in wanted:
-            if row[c] is None:
-                raise InputError("row has fewer fields than the header", path, line=i, field=c)
+    at the first <|endoftext|>, as the reference's judge does), read by the suite's one CSV reader."""
+    from rlhf_repro.readers import read_table as read
+
+    rows = read(path, ("query", response_column, reference_column))
+    for row in rows:
         row["response"], row["reference"] = row[response_column], row[reference_column].split("<|endoftext|>")[0]
     return rows[:limit] if limit else rows
-
-
-def _column_of_bad_byte(raw: bytes) -> str | None:
-    """The header name of the column holding the first byte that is not UTF-8 (None if in the header)."""
-    # surrogateescape maps each undecodable byte to one lone surrogate, so the CSV still parses and the
-    # first field holding a surrogate is the culprit.
-    text = raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
-
-    def bad(value: str) -> bool:
-        return any("\udc80" <= ch <= "\udcff" for ch in value)
-
-    try:
-        records = csv.reader(io.StringIO(text, newline=""))
-        header = next(records, [])
-        if any(map(bad, header)):
-            return None
-        for record in records:
-            for i, value in enumerate(record):
-                if bad(value):
-                    return header[i] if i < len(header) else f"column {i + 1}"
-    except csv.Error:
-        pass
-    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --max-failed-fraction must be between 0 and 1", file=sys.stderr)
         return 2
     try:
+        from rlhf_repro.readers import output_file
+
+        output_file(args.out)  # a directory or a path under a file is refused before any judging
         if args.pairs:
             rows = pair_rows(args)
         else:

@@ -22,8 +22,10 @@ import os
 import re
 from pathlib import Path
 
-from rlhf_repro.io import InputError, from_hub, looks_like_hub_id, read_jsonl
+from rlhf_repro.io import InputError, from_hub, looks_like_hub_id
+from rlhf_repro.readers import Comparison, PromptComparison, TldrPost, read_jsonl, validate_row
 
+# detail 1: the filtered TL;DR posts (SFT) and OpenAI's human comparisons (RM, DPO) are the two datasets.
 TLDR_HUB_DEFAULT = "vwxyzjn/summarize_from_feedback_tldr_3_filtered"
 COMPARISONS_HUB_DEFAULT = "openai/summarize_from_feedback"
 TLDR_SPLIT_FILES = {"train": ("train",), "validation": ("valid", "validation"), "test": ("test",)}
@@ -101,6 +103,7 @@ def load_tldr(source: str | os.PathLike) -> dict[str, list[dict]]:
         split = {"valid": "validation"}.get(split, split)
         where = (f, lineno)
         clean = {key: _require_str(row, key, where, allow_empty=key == "summary") for key in TLDR_FIELDS}
+        validate_row(TldrPost, row, *where)  # every other field's type (rlhf_repro/readers.py)
         if row.get("id") is not None and not isinstance(row["id"], (str, int)) or isinstance(row.get("id"), bool):
             raise InputError(f"expected a string, got {type(row['id']).__name__}", *where, field="id")
         clean["id"] = str(row["id"]) if row.get("id") is not None else f"{Path(str(f)).stem}-{lineno}"
@@ -154,6 +157,9 @@ def _normalize_original(row: dict, where: tuple) -> dict:
     confidence = extra.get("confidence") if isinstance(extra, dict) else None
     if confidence is not None and (isinstance(confidence, bool) or not isinstance(confidence, int)):
         raise InputError(f"expected an integer, got {confidence!r}", *where, field="extra.confidence")
+    # The fields checked above with their own messages; the schema covers the rest (worker, batch, split,
+    # policy, note, ids, site), which would otherwise reach pyarrow, or str(), as whatever type they were.
+    validate_row(Comparison, row, *where)
     return dict(
         info=clean_info,
         summaries=clean_summaries,
@@ -174,6 +180,7 @@ def _normalize_prompt_form(row: dict, split: str, where: tuple) -> dict:
         if not m:
             raise InputError("not of the form 'SUBREDDIT: r/...\\nTITLE: ...\\nPOST: ...'", *where, field="prompt")
         info = {k: m.group(k) for k in ("subreddit", "title", "post")}
+    validate_row(PromptComparison, row, *where)
     texts = []
     for key in ("chosen", "rejected"):
         # A summary may be empty (a policy sample that said nothing); a missing one is an error.

@@ -30,7 +30,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, pad_token: str = PAD_TOKEN, 
     if path.is_file():
         if path.suffix != ".json":
             raise InputError("expected a tokenizer.json file or a tokenizer directory", path)
-        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path))
+        tokenizer = _readable(path, lambda: PreTrainedTokenizerFast(tokenizer_file=str(path)))
         vocab = tokenizer.get_vocab()
         if EOS_TOKEN in vocab:
             # A bare tokenizer.json names no special roles; Pythia's are all <|endoftext|> (id 0).
@@ -38,7 +38,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, pad_token: str = PAD_TOKEN, 
     elif path.is_dir():
         if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
             raise InputError("directory has no tokenizer.json or tokenizer_config.json", path)
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        tokenizer = _readable(path, lambda: AutoTokenizer.from_pretrained(str(path)))
     else:
         if not looks_like_hub_id(str(name_or_path)):
             raise InputError("no such tokenizer file or directory", name_or_path)
@@ -61,6 +61,16 @@ def load_tokenizer(name_or_path: str | os.PathLike, pad_token: str = PAD_TOKEN, 
             name_or_path,
         )
     return tokenizer
+
+
+def _readable(path: Path, load):
+    """`load()`, with a damaged or foreign tokenizer file (any parse error of the tokenizers library or
+    transformers) reported as one InputError naming it."""
+    try:
+        return load()
+    except Exception as e:  # the Rust parser raises a bare Exception; transformers raises several types
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"not a readable tokenizer ({type(e).__name__}: {first[:200]})", path) from None
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -60,6 +60,7 @@ def _run_child(request: dict) -> None:
         module, rest = argv[1], argv[2:]
         sys.argv = [module, *rest]
         sys.path.insert(0, request["cwd"])
+        sys.modules.pop(module, None)  # preloaded by the server: run it afresh as __main__, as `-m` does
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     else:
         script, rest = argv[0], argv[1:]

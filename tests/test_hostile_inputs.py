@@ -27,6 +27,9 @@ ELSEWHERE = {
     "tokenizer without EOS": "tests/test_core.py::test_tokenizer_loading_and_its_errors",
     "reward model dir that is a causal LM": "tests/test_stage_pieces_unit.py::test_load_reward_model_refuses_*",
     "missing split / column of a processed dataset": "tests/test_stage_pieces_unit.py::test_load_processed_names_*",
+    "wrong JSON types in any comparison field, NaN literals, duplicated keys": "tests/test_inputs.py",
+    "CSV tables: duplicated columns, ragged rows, header only, non-finite numbers, BOM": "tests/test_inputs.py",
+    "special-token strings in user text, damaged tokenizer files, outputs of the wrong kind": "tests/test_inputs.py",
 }
 
 

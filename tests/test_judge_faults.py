@@ -347,5 +347,5 @@ def test_non_utf8_input_is_one_line_from_the_cli_not_a_traceback(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     where = f"{path}:3, field 'reference'"
     assert r.stderr.strip() == f"error: {where}: not valid UTF-8 (byte b'\\xe9' at offset {data.index(0xE9)}); " + (
-        "save the table as UTF-8"
+        "save the file as UTF-8"
     )

@@ -292,6 +292,7 @@ def test_script_help_documents_every_flag():
             "--tldr-params.length",
             "--check-length-correctness",
             "--cnndm-params.max-rm-query-response-length",
+            "--special-tokens-in-text",
         ],
         "experiments/pretrain.py": ["--model-preset", "--resume", "--track"],
         "experiments/sft.py": ["--base-model", "--run-eval", "--sampler", "--response-length", "--eval-at-start"],

@@ -9,7 +9,6 @@ query text is used.
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
@@ -38,12 +37,9 @@ def post_from_query(query: str) -> str:
 
 def score_table(path: str | os.PathLike, posts: dict[str, str] | None = None) -> tuple[list[dict], dict]:
     """(rows with gold columns, summary) for a CSV with query, response and reference columns."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if rows:
-        missing = [c for c in ("query", "response", "reference") if c not in rows[0]]
-        if missing:
-            raise InputError(f"missing column(s) {', '.join(missing)}", path, line=1, field=missing[0])
+    from rlhf_repro.readers import read_table
+
+    rows = read_table(path, ("query", "response", "reference"))
     totals: dict[str, float] = {}
     for row in rows:
         post = (posts or {}).get(row.get("id", "")) or post_from_query(row["query"])
