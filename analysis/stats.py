@@ -108,8 +108,8 @@ def length_control(x: np.ndarray, wins: np.ndarray, seed: int = 0, n_boot: int =
 
 
 def calibration(margin: np.ndarray, correct: np.ndarray, width: float = 0.5, n_equal: int = 10) -> dict:
-    """Accuracy against |margin| (§4.6): the reference's 0.5-wide bins up to the 99.5th percentile
-    (rounded up to 0.5) next to sigmoid(bin midpoint), equal-count bins, ECE and Brier score of the
+    """RM calibration (detail 18). Accuracy against |margin| (§4.6): the reference's 0.5-wide bins up to the
+    99.5th percentile (rounded up to 0.5) next to sigmoid(bin midpoint), equal-count bins, ECE and Brier score of the
     predicted probability sigmoid(|margin|) for 'the RM ranked the pair right'."""
     m, correct = np.abs(np.asarray(margin, dtype=float)), np.asarray(correct, dtype=float)
     top = max(width, math.ceil(np.quantile(m, 0.995) / width) * width)

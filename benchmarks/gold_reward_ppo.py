@@ -10,7 +10,7 @@ oracle RM). Then reports, on the same 300 validation posts, the gold win rate ag
 SFT, of this oracle PPO and of the quickstart's RM-trained PPO, with the oracle PPO's gain over SFT and
 its 95% interval (the normal interval of a difference of two proportions, as claim 2 computes it).
 
-A pipeline whose PPO is right raises the win rate by well over 0.20 here (README "Gold-reward PPO"); when
+A pipeline whose PPO is right raises the win rate by well over 0.20 here (docs/measurements.md, "Gold-reward PPO"); when
 it does not, run the CartPole check first (tests/test_quickstart_slow.py::test_ppo_learns_a_target_length).
 Writes QUICKSTART/results/quickstart-gold-reward/gold_reward_ppo.json; prints Markdown.
 """

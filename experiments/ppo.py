@@ -150,6 +150,7 @@ class Args(StageArgs):
     """linear: lr x (1 - update/num_updates), set by hand each update as the reference does (R-12)."""
 
     # --- batch sizes (R-11) ----------------------------------------------------------------------
+    # detail 20: 512 rollouts per update, 4 PPO epochs (PpoHParams.noptepochs), one minibatch, ~1M episodes.
     total_episodes: int = 1_000_000
     """Episodes (sampled responses) in total: num_updates = total_episodes // batch_size (detail 21)."""
     batch_size: int = 512

@@ -36,15 +36,6 @@ def seed_everything(seed: int, rank: int = 0, deterministic: bool = False) -> in
     return s
 
 
-def data_generator(seed: int):
-    """A torch Generator seeded with the shared seed: identical data order on every rank."""
-    import torch
-
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
-
-
 def derived_seed(*parts: int) -> int:
     """A seed for a sub-stream (an epoch's shuffle, one split's evaluation samples) from integer parts.
 

@@ -10,7 +10,8 @@ EOS), scores each with the RM (read at its EOS, detail 12) and with the gold lab
 - the mean gold score of the samples, of the RM's best of K and of the gold-best of K (the ceiling a
   perfect reward could select);
 - the RM's read-out of the samples that end with an EOS, of those that run past the response length
-  (no EOS: the RM reads a token it was never trained on, detail 12) and of the posts' references (which
+  (no EOS: the RM reads a token it was never trained on, detail 12; its outputs there sit below the
+  references, detail 13) and of the posts' references (which
   the RM's normalization puts near 0, detail 15), with the share of samples without an EOS. The EOS
   trick's -1 (detail 23) penalizes only when it sits below what an ended sample scores, and a PPO run
   without the trick learns to end anyway when the RM reads the unended ones far below the ended ones.
