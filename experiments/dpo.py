@@ -34,7 +34,6 @@ summary.json, checkpoint/ (for --resume) and model/.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -54,11 +53,11 @@ from rlhf_repro.data import (
     token_batch,
 )
 from rlhf_repro.generation import generate
-from rlhf_repro.io import InputError, atomic_directory
+from rlhf_repro.io import InputError
 from rlhf_repro.lm_head import next_token_logprobs, output_head
 from rlhf_repro.ops import trim_left_padding, truncate_response
 from rlhf_repro.pair_eval import evaluate_pairs
-from rlhf_repro.runs import model_name_of, run_dir
+from rlhf_repro.runs import model_name_of
 from rlhf_repro.seeding import derived_seed, local_seed
 from rlhf_repro.tables import sample_rows
 from rlhf_repro.training import RESUME_IGNORED as STAGE_RESUME_IGNORED
@@ -289,17 +288,8 @@ def main(args: Args) -> dict:
 
     from rlhf_repro.modeling import disable_dropout, load_causal_lm, set_dropout
     from rlhf_repro.tokenization import load_tokenizer
-    from rlhf_repro.training import (
-        StageRun,
-        batch_geometry,
-        check_finite,
-        checkpoint_if_due,
-        load_training_state,
-        make_optimizer,
-        setup_stage,
-    )
+    from rlhf_repro.training import StageRun, batch_geometry, make_optimizer, setup_stage
 
-    t_start = time.time()
     if args.beta <= 0:
         raise InputError(f"--beta must be positive, got {args.beta}")
     if not 0 <= args.label_smoothing < 0.5:
@@ -310,6 +300,10 @@ def main(args: Args) -> dict:
         raise InputError(f"--label-smoothing applies to sigmoid/cdpo, not --loss-type {args.loss_type}")
     accelerator, accumulation = setup_stage(args)
     rank, world = accelerator.process_index, accelerator.num_processes
+    stage = StageRun(args, "dpo", args.model_name or model_name_of(args.sft_model_path), accelerator, RESUME_IGNORED)
+    if (finished := stage.finished()) is not None:
+        return finished
+    model_name = stage.model_name
 
     # --- data ------------------------------------------------------------------------------------
     tokenizer = load_tokenizer(args.tokenizer or args.sft_model_path)
@@ -345,23 +339,13 @@ def main(args: Args) -> dict:
     scheduler = get_scheduler(
         args.scheduler, optimizer=optimizer, num_warmup_steps=args.warm_up_steps, num_training_steps=num_updates
     )
-    model_name = args.model_name or model_name_of(args.sft_model_path)
-    path = run_dir(args.results_dir, args.experiment, "dpo", model_name, args.seed)
-    if args.resume and (path / "summary.json").exists():
-        print(f"already done: {path} (its summary.json exists; pass --no-resume to run it again)")
-        return json.loads((path / "summary.json").read_text())
-    resume_config = {k: v for k, v in vars(args).items() if k not in RESUME_IGNORED} | {"world_size": world}
-    ckpt = path / "checkpoint"
-    state = load_training_state(accelerator, ckpt, policy, optimizer, scheduler, resume_config) if args.resume else None
-    start = state["step"] if state else 0
+    state = stage.restore(policy, optimizer, scheduler)
+    start = stage.start_step
     policy, optimizer = prepare_trained(
         accelerator, args.local_micro_batch_size, policy, optimizer, max_grad_norm=args.max_grad_norm
     )
     ref_policy = place_reference(accelerator, ref_policy, policy, args.ref_precision)
-    run = StageRun(
-        accelerator,
-        path,
-        args,
+    stage.open(
         derived,
         inputs={
             "sft_model_path": args.sft_model_path,
@@ -369,9 +353,6 @@ def main(args: Args) -> dict:
             "query_dataset": args.query_dataset,
             "tokenizer": args.tokenizer,
         },
-        resume_step=start if state else None,
-        keep_lines=state["extra"].get("metrics_lines") if state else None,
-        job="dpo",
         detail_flags=DETAIL_FLAGS,
     )
     if accelerator.is_main_process:
@@ -440,8 +421,8 @@ def main(args: Args) -> dict:
         mean = accelerator.gather(torch.stack(stats)).reshape(-1, 7).mean(0).tolist()
         loss_value = mean[0]
         done = update + 1
-        check_finite(loss_value, "train/rm/loss", done, ckpt)
-        run.log(
+        stage.check_finite(loss_value, "train/rm/loss", done)
+        stage.log(
             {
                 "train/rm/loss": mean[0],
                 "train/rm/accuracy": mean[1],
@@ -456,7 +437,7 @@ def main(args: Args) -> dict:
             step=done,
         )
         bar.set_postfix(loss=f"{mean[0]:.3f}", acc=f"{mean[1]:.2f}")
-        checkpoint_if_due(args, accelerator, run, ckpt, done, num_updates, policy, optimizer, scheduler, resume_config)
+        stage.end_update(done, num_updates, policy, optimizer, scheduler)
     bar.close()
     summary: dict = {
         "model_name": model_name,
@@ -466,30 +447,26 @@ def main(args: Args) -> dict:
     }
 
     # --- save ------------------------------------------------------------------------------------
-    accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(policy)
-    if accelerator.is_main_process:
-        with atomic_directory(path / "model") as tmp:
-            unwrapped.save_pretrained(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
-    accelerator.wait_for_everyone()
+    stage.save_model(policy, tokenizer)
 
     # --- evaluation (§4.10, R-04) ------------------------------------------------------------------
     if args.run_eval:
         t_eval = time.time()
+        unwrapped = accelerator.unwrap_model(policy)
         unwrapped.eval()
-        for eval_split in ("validation", "validation_cnndm"):
+
+        def implicit_reward_eval(eval_split):
             dataset = labels[eval_split]
             if len(dataset) == 0:
-                continue
+                return None
 
-            def implicit_rewards(idx, dataset=dataset):
+            def implicit_rewards(idx):
                 batch = [t.to(accelerator.device) for t in token_batch(dataset, idx, *DPO_COLUMNS)]
                 (pc, pr), _ = logprobs(unwrapped, batch, accelerator.autocast())
                 (rc, rr), _ = logprobs(ref_policy, batch, ref_context(accelerator, args.ref_precision))
                 return args.beta * (pc - rc), args.beta * (pr - rr)
 
-            metrics, table = evaluate_pairs(
+            return evaluate_pairs(
                 accelerator,
                 dataset,
                 eval_split,
@@ -498,26 +475,31 @@ def main(args: Args) -> dict:
                 args.max_eval_samples,
                 progress=args.progress,
             )
-            run.log(metrics, step=num_updates)
-            run.write_table(f"rm_eval_{eval_split}.csv", table)
-            summary.update(metrics)
-            if accelerator.is_main_process:
-                print(
-                    f"{eval_split}: implicit-reward accuracy {metrics[f'eval/rm/{eval_split}/accuracy']:.4f} on "
-                    f"{metrics[f'eval/rm/{eval_split}/n_pairs']} pairs"
-                )
-        for split in args.eval_splits:
-            metrics, table = sample_table(args, accelerator, policy, tokenizer, queries[split], split)
-            run.log(metrics, step=num_updates)
-            run.write_table(f"query_responses_{split}.csv", table)
-            summary.update(metrics)
-            if accelerator.is_main_process:
-                print(
-                    f"{split}: {len(table)} samples, {metrics[f'{split}/dpo/response_token_len']:.1f} tokens, "
-                    f"EOS in {metrics[f'{split}/dpo/eos_fraction']:.1%}"
-                )
+
+        stage.evaluate_splits(
+            ("validation", "validation_cnndm"),
+            num_updates,
+            summary,
+            implicit_reward_eval,
+            lambda split: f"rm_eval_{split}.csv",
+            lambda split, metrics, table: (
+                f"{split}: implicit-reward accuracy {metrics[f'eval/rm/{split}/accuracy']:.4f} on "
+                f"{metrics[f'eval/rm/{split}/n_pairs']} pairs"
+            ),
+        )
+        stage.evaluate_splits(
+            args.eval_splits,
+            num_updates,
+            summary,
+            lambda split: sample_table(args, accelerator, policy, tokenizer, queries[split], split),
+            lambda split: f"query_responses_{split}.csv",
+            lambda split, metrics, table: (
+                f"{split}: {len(table)} samples, {metrics[f'{split}/dpo/response_token_len']:.1f} tokens, "
+                f"EOS in {metrics[f'{split}/dpo/eos_fraction']:.1%}"
+            ),
+        )
         summary["eval_seconds"] = round(time.time() - t_eval, 2)
-    return run.complete(accelerator, summary, t_start, path / "model", "dpo")
+    return stage.complete(summary)
 
 
 def cli(argv: list[str] | None = None) -> int:

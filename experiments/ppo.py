@@ -24,7 +24,6 @@ model/ (the policy) and critic/.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,11 +35,11 @@ import torch
 from rlhf_repro import rl
 from rlhf_repro.data import check_padding, eval_batches, load_processed, lockstep_eval_batches, permutation, token_batch
 from rlhf_repro.generation import TEMPERATURE_EPS, generate, generate_many
-from rlhf_repro.io import InputError, atomic_directory
+from rlhf_repro.io import InputError
 from rlhf_repro.lm_head import next_token_logprobs
 from rlhf_repro.ops import forward, next_token_loss, trim_left_padding, trim_right_padding, truncate_response
 from rlhf_repro.reward_model import get_reward
-from rlhf_repro.runs import model_name_of, run_dir
+from rlhf_repro.runs import model_name_of
 from rlhf_repro.seeding import derived_seed, local_seed
 from rlhf_repro.tables import sample_rows
 from rlhf_repro.training import RESUME_IGNORED as STAGE_RESUME_IGNORED
@@ -273,6 +272,30 @@ def query_rows(order_for_epoch, n: int, update: int, local_batch: int, rank: int
     return np.array([order_for_epoch(int(p // n))[p % n] for p in positions])
 
 
+def load_reward_source(args: Args, tokenizer, train, device, derived: dict):
+    """The reward PPO optimizes, per --reward-source: (reward_model, None) for the RM (detail 12), (None,
+    text_reward) for the gold labeler (simulated world, offset by the references' mean gold score unless
+    --gold-reward-offset) or a hub classifier, (None, None) for the length reward."""
+    from rlhf_repro.reward_model import load_reward_model
+
+    if args.reward_source == "rm":
+        return load_reward_model(args.reward_model_path).eval().requires_grad_(False), None
+    if args.reward_source == "gold":
+        from rlhf_repro.reward_sources import GoldReward
+
+        offset = gold_offset(tokenizer, train) if args.gold_reward_offset is None else args.gold_reward_offset
+        derived["gold_reward_offset"] = round(offset, 6)
+        return None, GoldReward(args.gold_reward_scale, offset, device)
+    if args.reward_source == "classifier":
+        from rlhf_repro.reward_sources import ClassifierReward
+
+        reward = ClassifierReward(
+            args.reward_classifier, args.reward_label, args.reward_output, args.reward_text, device
+        )
+        return None, reward
+    return None, None
+
+
 def make_scorer(args: Args, reward_model, text_reward, tokenizer, device):
     """score(queries (B, Q) left-padded, responses (B, R) right-padded) -> (B,): the RM read at the
     response's EOS (detail 12), a text reward (classifier or gold) on the decoded texts, or the length
@@ -375,18 +398,8 @@ def main(args: Args) -> dict:
     from rlhf_repro.modeling import load_causal_lm
     from rlhf_repro.reward_model import ScalarModel, load_backbone, load_reward_model
     from rlhf_repro.tokenization import load_tokenizer
-    from rlhf_repro.training import (
-        StageRun,
-        check_finite,
-        check_finite_tensors,
-        checkpoint_if_due,
-        crash_point,
-        load_training_state,
-        make_optimizer,
-        setup_stage,
-    )
+    from rlhf_repro.training import PhaseTimer, StageRun, make_optimizer, setup_stage
 
-    t_start = time.time()
     if args.reward_source == "rm" and not args.reward_model_path:
         raise InputError("--reward-model-path is required (reward.py's RUN/model)")
     if args.reward_source == "classifier" and not args.reward_classifier:
@@ -396,6 +409,10 @@ def main(args: Args) -> dict:
     seed = args.seed + args.seed_offset
     accelerator, accumulation = setup_stage(args, minibatches=args.nminibatches, seed=seed)
     rank, world = accelerator.process_index, accelerator.num_processes
+    model_name = args.model_name or model_name_of(args.sft_model_path)
+    stage = StageRun(args, "ppo", model_name, accelerator, RESUME_IGNORED, extra_config={"ppo": vars(args.ppo)})
+    if (finished := stage.finished()) is not None:
+        return finished
 
     # --- data, sizes -------------------------------------------------------------------------------
     tokenizer = load_tokenizer(args.tokenizer or args.sft_model_path)
@@ -439,21 +456,7 @@ def main(args: Args) -> dict:
     # --- models (detail 22) ----------------------------------------------------------------------
     policy = load_causal_lm(args.sft_model_path)
     ref_policy = load_causal_lm(args.sft_model_path).eval().requires_grad_(False)
-    reward_model = text_reward = None
-    if args.reward_source == "rm":
-        reward_model = load_reward_model(args.reward_model_path).eval().requires_grad_(False)
-    elif args.reward_source == "gold":
-        from rlhf_repro.reward_sources import GoldReward
-
-        offset = gold_offset(tokenizer, train) if args.gold_reward_offset is None else args.gold_reward_offset
-        derived["gold_reward_offset"] = round(offset, 6)
-        text_reward = GoldReward(args.gold_reward_scale, offset, accelerator.device)
-    elif args.reward_source == "classifier":
-        from rlhf_repro.reward_sources import ClassifierReward
-
-        text_reward = ClassifierReward(
-            args.reward_classifier, args.reward_label, args.reward_output, args.reward_text, accelerator.device
-        )
+    reward_model, text_reward = load_reward_source(args, tokenizer, train, accelerator.device, derived)
     if args.value_init == "reward":
         critic = load_reward_model(args.reward_model_path)
     else:
@@ -465,19 +468,10 @@ def main(args: Args) -> dict:
         set_dropout(critic, args.dropout)
     model = PolicyAndValue(policy, critic)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.eps)
-    model_name = args.model_name or model_name_of(args.sft_model_path)
-    path = run_dir(args.results_dir, args.experiment, "ppo", model_name, args.seed)
-    if args.resume and (path / "summary.json").exists():
-        print(f"already done: {path} (its summary.json exists; pass --no-resume to run it again)")
-        return json.loads((path / "summary.json").read_text())
-    resume_config = {k: v for k, v in vars(args).items() if k not in RESUME_IGNORED} | {"world_size": world}
-    resume_config["ppo"] = vars(args.ppo)
-    ckpt = path / "checkpoint"
-    state = load_training_state(accelerator, ckpt, model, optimizer, None, resume_config) if args.resume else None
-    start = state["step"] if state else 0
+    state = stage.restore(model, optimizer)
+    start = stage.start_step
     kl_ctl = rl.AdaptiveKLController(args.ppo.kl_coef, args.ppo.kl_target, args.ppo.kl_horizon)
-    if state and "kl_coef" in state["extra"]:
-        kl_ctl.value = state["extra"]["kl_coef"]
+    kl_ctl.value = stage.resumed("kl_coef", kl_ctl.value)
     model, optimizer = prepare_trained(
         accelerator, args.local_micro_batch_size, model, optimizer, max_grad_norm=args.max_grad_norm
     )
@@ -487,10 +481,7 @@ def main(args: Args) -> dict:
     if reward_model is not None:
         reward_model = prepare_frozen(accelerator, reward_model, args.local_micro_batch_size, args.offload)
     score_fn = make_scorer(args, reward_model, text_reward, tokenizer, accelerator.device)
-    run = StageRun(
-        accelerator,
-        path,
-        args,
+    stage.open(
         derived,
         inputs={
             "sft_model_path": args.sft_model_path,
@@ -499,9 +490,6 @@ def main(args: Args) -> dict:
             "query_dataset": args.query_dataset,
             "tokenizer": args.tokenizer,
         },
-        resume_step=start if state else None,
-        keep_lines=state["extra"].get("metrics_lines") if state else None,
-        job="ppo",
         detail_flags=DETAIL_FLAGS,
     )
     if accelerator.is_main_process:
@@ -538,10 +526,9 @@ def main(args: Args) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr_now
         unwrapped = accelerator.unwrap_model(model)
-        times = {}
+        timer = PhaseTimer("time/ppo/")
 
-        t0 = time.time()
-        with torch.no_grad():
+        with torch.no_grad(), timer("rollout"):
             # R-05: one validation batch per process, sampled at T=0.01 and scored, every update. It is sampled
             # together with the first rollout chunk (`generate_many`: one decode loop, each row at its own T).
             (val_queries,) = (
@@ -558,32 +545,29 @@ def main(args: Args) -> dict:
             queries = trim_left_padding(queries, pad)
             context_length = queries.size(1)
             chunks = {k: [] for k in ("responses", "logprobs", "ref_logprobs", "values", "scores", "postprocessed")}
-            t_gen = t_score = 0.0
             for i in range(0, local_batch, args.local_rollout_forward_batch_size):
                 query = queries[i : i + args.local_rollout_forward_batch_size]
-                t1 = time.time()
-                # R-02: log-probs of the sampled tokens come from the sampling pass itself.
-                batches = [(query, args.temperature)] + ([(val_queries, args.eval_temperature)] if i == 0 else [])
-                sampled = generate_many(unwrapped.policy, batches, pad, args.response_length, args.sampler)
-                response, logprob = sampled[0]
-                t_gen += time.time() - t1
-                t1 = time.time()
-                if i == 0:
-                    val_post = truncate_response(sampled[1][0], eos, pad)
-                    val_scores = score_fn(val_queries, val_post)
-                query_response = torch.cat((query, response), 1)
-                ref_logprob, _ = next_token_logprobs(
-                    ref_policy, query_response, pad, start=context_length - 1, temperature=temperature
-                )
-                # 1. truncate after the first EOS (R-06)
-                postprocessed = truncate_response(response, eos, pad)
-                # Critic values: position t reads the state before response token t (detail 22).
-                full_value, _, _ = get_reward(
-                    unwrapped.critic, query_response, pad, context_length, start=context_length - 1
-                )
-                # 2. score the truncated response (read at its EOS, detail 12)
-                score = score_fn(query, postprocessed)
-                t_score += time.time() - t1
+                with timer("generate"):
+                    # R-02: log-probs of the sampled tokens come from the sampling pass itself.
+                    batches = [(query, args.temperature)] + ([(val_queries, args.eval_temperature)] if i == 0 else [])
+                    sampled = generate_many(unwrapped.policy, batches, pad, args.response_length, args.sampler)
+                    response, logprob = sampled[0]
+                with timer("score"):
+                    if i == 0:
+                        val_post = truncate_response(sampled[1][0], eos, pad)
+                        val_scores = score_fn(val_queries, val_post)
+                    query_response = torch.cat((query, response), 1)
+                    ref_logprob, _ = next_token_logprobs(
+                        ref_policy, query_response, pad, start=context_length - 1, temperature=temperature
+                    )
+                    # Response Processing 1. truncate the response after the first EOS (R-06)
+                    postprocessed = truncate_response(response, eos, pad)
+                    # Critic values: position t reads the state before response token t (detail 22).
+                    full_value, _, _ = get_reward(
+                        unwrapped.critic, query_response, pad, context_length, start=context_length - 1
+                    )
+                    # Response Processing 2. score the truncated response (read at its EOS, detail 12)
+                    score = score_fn(query, postprocessed)
                 for key, value in (
                     ("responses", response),
                     ("logprobs", logprob),
@@ -602,7 +586,7 @@ def main(args: Args) -> dict:
                 gold = gold_of(tokenizer, queries, postprocessed, accelerator.device)
                 val_gold = gold_of(tokenizer, val_queries, val_post, accelerator.device)
 
-            # 3. the EOS trick (detail 23)
+            # Response Processing 3. the EOS trick: penalize responses without an EOS (detail 23)
             contain_eos = torch.any(postprocessed == eos, dim=-1)
             raw_scores = scores
             if args.non_eos_penalty:
@@ -613,23 +597,22 @@ def main(args: Args) -> dict:
                 ref_logprobs = torch.masked_fill(ref_logprobs, padding_mask, rl.INVALID_LOGPROB)
             values = torch.masked_fill(values, padding_mask_p1, 0)
 
-            # 4. per-token rewards: KL penalty at every step, the score at the score position (R-07, R-08)
+            # 4. compute rewards: the KL penalty at every step, the score at the score position (R-07, R-08)
             kl = rl.kl_estimate(logprobs, ref_logprobs, args.kl_estimator)
             positions = rl.score_positions(sequence_lengths, args.response_length, args.score_position)
             kl_coef = kl_ctl.value
             rewards, non_score_reward = rl.per_token_rewards(scores, kl, kl_coef, positions)
-            # 5. reward whitening (detail 24)
+            # 5. whiten rewards (detail 24)
             if args.ppo.whiten_rewards:
                 rewards = rl.masked_whiten(rewards, ~padding_mask_p1, shift_mean=False, all_reduce=all_reduce)
                 rewards = torch.masked_fill(rewards, padding_mask_p1, 0)
-            # 6. advantages and returns (R-09), masked advantage whitening (detail 25)
+            # 6. compute advantages and returns (R-09), then whiten the advantages, masked (detail 25)
             advantages, returns = rl.gae(rewards, values, args.ppo.gamma, args.ppo.lam)
             advantages = rl.masked_whiten(advantages, ~padding_mask, all_reduce=all_reduce)
             advantages = torch.masked_fill(advantages, padding_mask, 0)
             # Stop before any PPO step learns from a NaN/inf (the last good checkpoint stays the newest).
-            check_finite_tensors(
+            stage.check_finite_tensors(
                 update + 1,
-                ckpt,
                 reduce=(lambda t: accelerator.reduce(t, reduction="sum")) if world > 1 else None,
                 scores=raw_scores,
                 logprobs=logprobs,
@@ -639,12 +622,9 @@ def main(args: Args) -> dict:
                 advantages=advantages,
                 returns=returns,
             )
-        times["time/ppo/generate"] = t_gen
-        times["time/ppo/score"] = t_score
-        times["time/ppo/rollout"] = time.time() - t0
 
         # --- PPO epochs (R-10, R-11) ---------------------------------------------------------------
-        t0 = time.time()
+        timer.start("train")
         stats = {
             k: [] for k in ("approxkl", "pg_clipfrac", "pg_loss", "vf_loss", "vf_clipfrac", "entropy", "ratio", "ptx")
         }
@@ -695,7 +675,7 @@ def main(args: Args) -> dict:
                             ("ptx", ptx_loss if ptx_loss is not None else torch.zeros((), device=pg_loss.device)),
                         ):
                             stats[key].append(value.detach().float())
-        times["time/ppo/train"] = time.time() - t0
+        timer.stop("train")
 
         # --- logging (the reference's names, §4.11) --------------------------------------------------
         done = update + 1
@@ -742,12 +722,12 @@ def main(args: Args) -> dict:
                 "ppo/lr": lr_now,
                 "ppo/episode": episodes_done,
                 "ppo/eps": (episodes_done - start * args.batch_size) / max(1e-9, time.time() - t_train),
-                **times,
+                **timer.seconds,
             }
-        check_finite(row["ppo/loss/policy_avg"] + row["ppo/loss/value_avg"], "the PPO loss", done, ckpt)
+        stage.check_finite(row["ppo/loss/policy_avg"] + row["ppo/loss/value_avg"], "the PPO loss", done)
         if args.ppo.kl_ctl == "adaptive":  # after logging the beta this update used
             kl_ctl.update(row["objective/kl"], args.batch_size)
-        run.log(row, step=done)
+        stage.log(row, step=done)
         bar.set_postfix(score=f"{row['objective/scores']:.2f}", kl=f"{row['objective/kl']:.2f}")
         if args.sample_every and update % args.sample_every == 0:
             import pandas as pd
@@ -765,42 +745,37 @@ def main(args: Args) -> dict:
                     ],
                 )
             )
-            run.write_table(f"samples/validation_update_{done}.csv", samples)
-        checkpoint_if_due(
-            args, accelerator, run, ckpt, done, num_updates, model, optimizer, None, resume_config, kl_coef=kl_ctl.value
-        )
+            stage.write_table(f"samples/validation_update_{done}.csv", samples)
+        stage.end_update(done, num_updates, model, optimizer, kl_coef=kl_ctl.value)
     bar.close()
     summary: dict = {"model_name": model_name, **derived, "train_seconds": round(time.time() - t_train, 2)}
 
     # --- save the policy (and the critic) ---------------------------------------------------------
-    accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
-    if accelerator.is_main_process:
-        with atomic_directory(path / "model") as tmp:
-            unwrapped.policy.save_pretrained(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
-        with atomic_directory(path / "critic") as tmp:
-            unwrapped.critic.save_pretrained(str(tmp))
-    accelerator.wait_for_everyone()
+    stage.save_model(unwrapped.policy, tokenizer, also={"critic": unwrapped.critic})
 
     # --- evaluation (R-04, R-05) -------------------------------------------------------------------
     if args.run_eval:
         t_eval = time.time()
         unwrapped.eval()
-        for split in args.eval_splits:
-            metrics, table = evaluate(args, accelerator, unwrapped.policy, score_fn, tokenizer, data[split], split)
-            run.log(metrics, step=num_updates)
-            run.write_table(f"query_responses_{split}.csv", table)
-            summary.update(metrics)
-            crash_point(f"eval-{split}")
-            if accelerator.is_main_process:
-                m = {k.split("/", 2)[-1]: v for k, v in metrics.items()}
-                print(
-                    f"{split}: RM score {m['score']:.3f} vs references {m['reference_score']:.3f} (RM win rate "
-                    f"{m['rm_win_rate']:.1%}), {m['response_token_len']:.1f} tokens, EOS in {m['eos_fraction']:.0%}"
-                )
+
+        def describe(split, metrics, table):
+            m = {k.split("/", 2)[-1]: v for k, v in metrics.items()}
+            return (
+                f"{split}: RM score {m['score']:.3f} vs references {m['reference_score']:.3f} (RM win rate "
+                f"{m['rm_win_rate']:.1%}), {m['response_token_len']:.1f} tokens, EOS in {m['eos_fraction']:.0%}"
+            )
+
+        stage.evaluate_splits(
+            args.eval_splits,
+            num_updates,
+            summary,
+            lambda split: evaluate(args, accelerator, unwrapped.policy, score_fn, tokenizer, data[split], split),
+            lambda split: f"query_responses_{split}.csv",
+            describe,
+        )
         summary["eval_seconds"] = round(time.time() - t_eval, 2)
-    return run.complete(accelerator, summary, t_start, path / "model", "ppo")
+    return stage.complete(summary)
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -27,7 +27,6 @@ model/ (a self-contained save_pretrained directory: backbone + head + bias, R-20
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -48,11 +47,11 @@ from rlhf_repro.data import (
     rows_seen,
     token_batch,
 )
-from rlhf_repro.io import InputError, atomic_directory
+from rlhf_repro.io import InputError
 from rlhf_repro.ops import trim_right_padding
 from rlhf_repro.pair_eval import evaluate_pairs
 from rlhf_repro.reward_model import get_reward
-from rlhf_repro.runs import model_name_of, run_dir
+from rlhf_repro.runs import model_name_of
 from rlhf_repro.seeding import local_seed
 from rlhf_repro.training import RESUME_IGNORED as STAGE_RESUME_IGNORED
 from rlhf_repro.training import StageArgs, clip_gradients, gather_objects, prepare_trained
@@ -246,23 +245,17 @@ def main(args: Args) -> dict:
 
     from rlhf_repro.reward_model import ScalarModel, load_backbone, load_reward_model
     from rlhf_repro.tokenization import load_tokenizer
-    from rlhf_repro.training import (
-        StageRun,
-        batch_geometry,
-        check_finite,
-        checkpoint_if_due,
-        crash_point,
-        load_training_state,
-        make_optimizer,
-        setup_stage,
-    )
+    from rlhf_repro.training import StageRun, batch_geometry, crash_point, make_optimizer, setup_stage
 
-    t_start = time.time()
     accelerator, accumulation = setup_stage(args)
     rank, world = accelerator.process_index, accelerator.num_processes
+    source_model = args.reward_model_path or args.sft_model_path
+    stage = StageRun(args, "reward", args.model_name or model_name_of(source_model), accelerator, RESUME_IGNORED)
+    if (finished := stage.finished()) is not None:
+        return finished
+    model_name = stage.model_name
 
     # --- data ------------------------------------------------------------------------------------
-    source_model = args.reward_model_path or args.sft_model_path
     tokenizer = load_tokenizer(args.tokenizer or source_model)
     pad = tokenizer.pad_token_id
     label_splits = {"train": PREFERENCE_COLUMNS}
@@ -295,22 +288,12 @@ def main(args: Args) -> dict:
     scheduler = get_scheduler(
         args.scheduler, optimizer=optimizer, num_warmup_steps=args.warm_up_steps, num_training_steps=num_updates
     )
-    model_name = args.model_name or model_name_of(source_model)
-    path = run_dir(args.results_dir, args.experiment, "reward", model_name, args.seed)
-    if args.resume and (path / "summary.json").exists():
-        print(f"already done: {path} (its summary.json exists; pass --no-resume to run it again)")
-        return json.loads((path / "summary.json").read_text())
-    resume_config = {k: v for k, v in vars(args).items() if k not in RESUME_IGNORED} | {"world_size": world}
-    ckpt = path / "checkpoint"
-    state = load_training_state(accelerator, ckpt, model, optimizer, scheduler, resume_config) if args.resume else None
-    start = state["step"] if state else 0
+    state = stage.restore(model, optimizer, scheduler)
+    start = stage.start_step
     model, optimizer = prepare_trained(
         accelerator, args.local_micro_batch_size, model, optimizer, max_grad_norm=args.max_grad_norm
     )
-    run = StageRun(
-        accelerator,
-        path,
-        args,
+    stage.open(
         derived,
         inputs={
             "sft_model_path": args.sft_model_path,
@@ -319,9 +302,6 @@ def main(args: Args) -> dict:
             "query_dataset": args.query_dataset,
             "tokenizer": args.tokenizer,
         },
-        resume_step=start if state else None,
-        keep_lines=state["extra"].get("metrics_lines") if state else None,
-        job="reward",
         detail_flags=DETAIL_FLAGS,
     )
     if accelerator.is_main_process:
@@ -369,8 +349,8 @@ def main(args: Args) -> dict:
         mean = accelerator.gather(torch.stack(stats)).reshape(-1, 4).mean(0).tolist()
         loss_value = mean[0]
         done = update + 1
-        check_finite(loss_value, "train/rm/loss", done, ckpt)
-        run.log(
+        stage.check_finite(loss_value, "train/rm/loss", done)
+        stage.log(
             {
                 "train/rm/loss": mean[0],
                 "train/rm/accuracy": mean[1],
@@ -382,7 +362,7 @@ def main(args: Args) -> dict:
             step=done,
         )
         bar.set_postfix(loss=f"{mean[0]:.3f}", acc=f"{mean[1]:.2f}")
-        checkpoint_if_due(args, accelerator, run, ckpt, done, num_updates, model, optimizer, scheduler, resume_config)
+        stage.end_update(done, num_updates, model, optimizer, scheduler)
     bar.close()
     seen = {int(r) for p in range(world) for r in rows_seen(shuffled_order(args, p, len(train), episodes), derived, p)}
     summary: dict = {
@@ -402,8 +382,8 @@ def main(args: Args) -> dict:
     # Scores already subtract the current bias (0 for a fresh head), so the new bias adds their mean.
     unwrapped.config.bias = float(unwrapped.config.bias + norm_metrics["eval/rm/normalized_mean"])
     norm_metrics["eval/rm/bias"] = unwrapped.config.bias
-    run.log(norm_metrics, step=num_updates)
-    run.write_table("rm_normalization.csv", norm_table)
+    stage.log(norm_metrics, step=num_updates)
+    stage.write_table("rm_normalization.csv", norm_table)
     summary.update(norm_metrics)
     summary["normalization_seconds"] = round(time.time() - t_norm, 2)
     crash_point("normalization")
@@ -416,34 +396,30 @@ def main(args: Args) -> dict:
         )
 
     # --- save (PPO's --reward-model-path) --------------------------------------------------------
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        with atomic_directory(path / "model") as tmp:
-            unwrapped.save_pretrained(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
-    accelerator.wait_for_everyone()
+    stage.save_model(model, tokenizer)
 
     # --- evaluation (details 16, 17) -------------------------------------------------------------
     # detail 16: accuracy by batch and confidence; detail 17: the same RM on CNN/DM, out of domain.
     if args.run_eval:
         t_eval = time.time()
-        for eval_split in ("validation", "validation_cnndm"):
-            if len(labels[eval_split]) == 0:
-                continue
-            metrics, table = evaluate(args, accelerator, model, labels[eval_split], eval_split, pad)
-            run.log(metrics, step=num_updates)
-            run.write_table(f"rm_eval_{eval_split}.csv", table)
-            summary.update(metrics)
-            if accelerator.is_main_process:
-                by_conf = {
-                    k.rsplit("/", 1)[-1]: round(v, 3) for k, v in metrics.items() if "/accuracy/confidence/" in k
-                }
-                print(
-                    f"{eval_split}: accuracy {metrics[f'eval/rm/{eval_split}/accuracy']:.4f} on "
-                    f"{metrics[f'eval/rm/{eval_split}/n_pairs']} pairs; by confidence {by_conf}"
-                )
+
+        def describe(eval_split, metrics, table):
+            by_conf = {k.rsplit("/", 1)[-1]: round(v, 3) for k, v in metrics.items() if "/accuracy/confidence/" in k}
+            return (
+                f"{eval_split}: accuracy {metrics[f'eval/rm/{eval_split}/accuracy']:.4f} on "
+                f"{metrics[f'eval/rm/{eval_split}/n_pairs']} pairs; by confidence {by_conf}"
+            )
+
+        stage.evaluate_splits(
+            ("validation", "validation_cnndm"),
+            num_updates,
+            summary,
+            lambda split: evaluate(args, accelerator, model, labels[split], split, pad) if len(labels[split]) else None,
+            lambda split: f"rm_eval_{split}.csv",
+            describe,
+        )
         summary["eval_seconds"] = round(time.time() - t_eval, 2)
-    return run.complete(accelerator, summary, t_start, path / "model", "reward")
+    return stage.complete(summary)
 
 
 def cli(argv: list[str] | None = None) -> int:

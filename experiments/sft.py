@@ -18,7 +18,6 @@ model + tokenizer, the next stage's --sft-model-path).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,10 +36,10 @@ from rlhf_repro.data import (
     token_batch,
 )
 from rlhf_repro.generation import generate
-from rlhf_repro.io import InputError, atomic_directory
+from rlhf_repro.io import InputError
 from rlhf_repro.lm_head import next_token_nll
 from rlhf_repro.ops import trim_left_padding, trim_right_padding, truncate_response
-from rlhf_repro.runs import model_name_of, run_dir
+from rlhf_repro.runs import model_name_of
 from rlhf_repro.seeding import derived_seed, local_seed
 from rlhf_repro.tables import sample_rows
 from rlhf_repro.training import RESUME_IGNORED as STAGE_RESUME_IGNORED
@@ -187,20 +186,14 @@ def main(args: Args) -> dict:
 
     from rlhf_repro.modeling import load_causal_lm
     from rlhf_repro.tokenization import load_tokenizer
-    from rlhf_repro.training import (
-        StageRun,
-        batch_geometry,
-        check_finite,
-        checkpoint_if_due,
-        crash_point,
-        load_training_state,
-        make_optimizer,
-        setup_stage,
-    )
+    from rlhf_repro.training import StageRun, batch_geometry, make_optimizer, setup_stage
 
-    t_start = time.time()
     accelerator, accumulation = setup_stage(args)
     rank, world = accelerator.process_index, accelerator.num_processes
+    model_name = args.model_name or model_name_of(args.base_model)
+    stage = StageRun(args, "sft", model_name, accelerator, RESUME_IGNORED)
+    if (finished := stage.finished()) is not None:
+        return finished
 
     # --- data and tokenizer ------------------------------------------------------------------------
     tokenizer = load_tokenizer(args.tokenizer or args.base_model)
@@ -234,27 +227,14 @@ def main(args: Args) -> dict:
     scheduler = get_scheduler(
         args.scheduler, optimizer=optimizer, num_warmup_steps=args.warm_up_steps, num_training_steps=num_updates
     )
-    model_name = args.model_name or model_name_of(args.base_model)
-    path = run_dir(args.results_dir, args.experiment, "sft", model_name, args.seed)
-    if args.resume and (path / "summary.json").exists():
-        print(f"already done: {path} (its summary.json exists; pass --no-resume to run it again)")
-        return json.loads((path / "summary.json").read_text())
-    resume_config = {k: v for k, v in vars(args).items() if k not in RESUME_IGNORED} | {"world_size": world}
-    ckpt = path / "checkpoint"
-    state = load_training_state(accelerator, ckpt, model, optimizer, scheduler, resume_config) if args.resume else None
-    start = state["step"] if state else 0
+    state = stage.restore(model, optimizer, scheduler)
+    start = stage.start_step
     model, optimizer = prepare_trained(
         accelerator, args.local_micro_batch_size, model, optimizer, max_grad_norm=args.max_grad_norm
     )
-    run = StageRun(
-        accelerator,
-        path,
-        args,
+    stage.open(
         derived,
         inputs={"base_model": args.base_model, "query_dataset": args.query_dataset, "tokenizer": args.tokenizer},
-        resume_step=start if state else None,
-        keep_lines=state["extra"].get("metrics_lines") if state else None,
-        job="sft",
         detail_flags=DETAIL_FLAGS,
     )
     if accelerator.is_main_process:
@@ -268,14 +248,14 @@ def main(args: Args) -> dict:
     if args.eval_at_start and state:  # evaluated before the interruption: recover the numbers
         from rlhf_repro.runs import read_metrics
 
-        for row in read_metrics(path / "metrics.jsonl"):
+        for row in read_metrics(stage.path / "metrics.jsonl"):
             if row["step"] == 0:
                 summary.update({f"start/{k}": v for k, v in row.items() if k != "step"})
     elif args.eval_at_start:
         for split in args.eval_splits:
             metrics, table = evaluate(args, accelerator, model, tokenizer, data[split], split)
-            run.log(metrics, step=0)
-            run.write_table(f"query_responses_{split}_start.csv", table)
+            stage.log(metrics, step=0)
+            stage.write_table(f"query_responses_{split}_start.csv", table)
             summary.update({f"start/{k}": v for k, v in metrics.items()})
 
     # --- training loop ---------------------------------------------------------------------------
@@ -316,9 +296,9 @@ def main(args: Args) -> dict:
             tokens_seen += int((tokens != pad).sum())
         scheduler.step()
         loss_value = accelerator.gather(torch.stack(losses)).mean().item()
-        check_finite(loss_value, "train/sft/loss", update + 1, ckpt)
+        stage.check_finite(loss_value, "train/sft/loss", update + 1)
         done = update + 1
-        run.log(
+        stage.log(
             {
                 "train/sft/loss": loss_value,
                 "train/sft/lr": scheduler.get_last_lr()[0],
@@ -328,37 +308,36 @@ def main(args: Args) -> dict:
             step=done,
         )
         bar.set_postfix(loss=f"{loss_value:.3f}")
-        checkpoint_if_due(args, accelerator, run, ckpt, done, num_updates, model, optimizer, scheduler, resume_config)
+        stage.end_update(done, num_updates, model, optimizer, scheduler)
     bar.close()
     summary["train_seconds"] = round(time.time() - t_train, 2)
     summary["final_train_loss"] = loss_value
 
     # --- save (the next stage's --sft-model-path) ----------------------------------------------------
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        with atomic_directory(path / "model") as tmp:
-            accelerator.unwrap_model(model).save_pretrained(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
-    accelerator.wait_for_everyone()
+    stage.save_model(model, tokenizer)
 
     # --- evaluation (§4.1, §4.3) -------------------------------------------------------------------
     if args.run_eval:
         t_eval = time.time()
-        for split in args.eval_splits:
-            metrics, table = evaluate(args, accelerator, model, tokenizer, data[split], split)
-            run.log(metrics, step=num_updates)
-            run.write_table(f"query_responses_{split}.csv", table)
-            summary.update(metrics)
-            crash_point(f"eval-{split}")
-            if accelerator.is_main_process:
-                m = {k.split("/", 2)[-1]: v for k, v in metrics.items()}
-                print(
-                    f"{split}: loss {m['loss']:.3f}, ROUGE-L {m['rouge/rougeL']:.4f}"
-                    f" (corpus {m['rouge_corpus/rougeL']:.4f}), {m['response_token_len']:.1f} tokens, EOS in "
-                    f"{m['eos_fraction']:.0%} of {len(table)} responses"
-                )
+
+        def describe(split, metrics, table):
+            m = {k.split("/", 2)[-1]: v for k, v in metrics.items()}
+            return (
+                f"{split}: loss {m['loss']:.3f}, ROUGE-L {m['rouge/rougeL']:.4f}"
+                f" (corpus {m['rouge_corpus/rougeL']:.4f}), {m['response_token_len']:.1f} tokens, EOS in "
+                f"{m['eos_fraction']:.0%} of {len(table)} responses"
+            )
+
+        stage.evaluate_splits(
+            args.eval_splits,
+            num_updates,
+            summary,
+            lambda split: evaluate(args, accelerator, model, tokenizer, data[split], split),
+            lambda split: f"query_responses_{split}.csv",
+            describe,
+        )
         summary["eval_seconds"] = round(time.time() - t_eval, 2)
-    return run.complete(accelerator, summary, t_start, path / "model", "sft")
+    return stage.complete(summary)
 
 
 def cli(argv: list[str] | None = None) -> int:

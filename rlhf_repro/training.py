@@ -1,11 +1,14 @@
 """What the training stages (SFT, RM, DPO, PPO) share around their loops: the accelerator, the optimizer
-of detail 8, the batch geometry, the main-process run folder, and checkpoints that span processes.
+of detail 8, the batch geometry, one run lifecycle (`StageRun`: "already done?", resume, logging, checkpoints,
+NaN checks, the closing summary), and checkpoints that span processes.
 
 The loops themselves stay in the stage scripts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import time
@@ -20,6 +23,7 @@ from rlhf_repro.runs import (
     config_dict,
     load_checkpoint,
     rng_state,
+    run_dir,
     save_checkpoint,
     set_rng_state,
 )
@@ -238,47 +242,108 @@ def batch_geometry(
 
 
 class StageRun:
-    """The run folder, metrics.jsonl and W&B of one stage, written by the main process only."""
+    """One training stage's life, from "already done?" to summary.json: every stage script runs it the same way.
 
-    def __init__(
-        self,
-        accelerator,
-        path: Path,
-        args,
-        derived: dict,
-        inputs: dict,
-        resume_step: int | None,
-        job: str,
-        detail_flags: tuple[str, ...] = (),
-        keep_lines: int | None = None,
-    ):
+        stage = StageRun(args, "sft", model_name, accelerator, RESUME_IGNORED)
+        if (done := stage.finished()) is not None:  # before any model or dataset loads
+            return done
+        ...                                          # data, model, optimizer, scheduler
+        state = stage.restore(model, optimizer, scheduler)   # model, optimizer, scheduler, RNG; None: fresh
+        stage.open(derived, inputs={...}, detail_flags=DETAIL_FLAGS)
+        for update in range(stage.start_step, num_updates):  # the data position is the update number
+            ...
+            stage.check_finite(loss, "train/sft/loss", update + 1)
+            stage.log({...}, step=update + 1)
+            stage.end_update(update + 1, num_updates, model, optimizer, scheduler)
+        stage.save_model(model, tokenizer)
+        stage.evaluate_splits(args.eval_splits, num_updates, summary, evaluate_one)
+        return stage.complete(summary)
+
+    It owns the run folder (`RunFolder`: config, provenance, metrics.jsonl, tables, summary.json), the
+    W&B run, the checkpoint (`save_training_state` / `load_training_state`, with the metrics lines written
+    so far, so a resumed metrics.jsonl ends as an uninterrupted run's), the NaN checks and the fault
+    injection points. Files are written by the main process only.
+    """
+
+    def __init__(self, args, job: str, model_name: str, accelerator, resume_ignored=(), extra_config=None):
+        self.args, self.job, self.model_name, self.accelerator = args, job, model_name, accelerator
         self.main = accelerator.is_main_process
-        self.folder = RunFolder(path)
+        self.folder = RunFolder(run_dir(args.results_dir, args.experiment, job, model_name, args.seed))
         self.path = self.folder.path
+        self.checkpoint_dir = self.folder.checkpoint_dir
+        # The config a checkpoint must match to be resumed: every flag but those that cannot change the
+        # trained weights (evaluation, progress, tracking), plus the process count.
+        self.config = {k: v for k, v in vars(args).items() if k not in resume_ignored}
+        self.config |= {"world_size": accelerator.num_processes, **(extra_config or {})}
+        self.state: dict | None = None
         self.metrics = None
         self.tracker = NoOpTracker()
+        self.t_start = time.time()
+
+    # --- before anything loads ------------------------------------------------------------------------
+
+    def finished(self) -> dict | None:
+        """The summary of a finished run (its summary.json exists and --resume is on), else None."""
+        if not (getattr(self.args, "resume", True) and self.folder.is_done()):
+            return None
         if self.main:
-            config = {**config_dict(args), "derived": derived}
-            self.metrics = self.folder.start(config, inputs=inputs, resume_step=resume_step, keep_lines=keep_lines)
-            self.tracker = make_tracker(
-                args.track,
-                project=args.wandb_project,
-                entity=args.wandb_entity,
-                name=f"{args.experiment}-{job}-{path.parent.name}-{path.name}",
-                group=args.experiment,
-                job_type=job,
-                tags=changed_details(args, detail_flags),
-                config=config,
-                directory=path,
+            print(f"already done: {self.path} (its summary.json exists; pass --no-resume to run it again)")
+        return json.loads(self.folder.summary_path.read_text())
+
+    # --- resume and start ---------------------------------------------------------------------------
+
+    def restore(self, model, optimizer, scheduler=None) -> dict | None:
+        """Load the newest checkpoint into model, optimizer, scheduler and the RNGs (before
+        `accelerator.prepare`); its state, or None for a fresh start (or --no-resume)."""
+        if getattr(self.args, "resume", True):
+            self.state = load_training_state(
+                self.accelerator, self.checkpoint_dir, model, optimizer, scheduler, self.config
             )
+        return self.state
+
+    @property
+    def start_step(self) -> int:
+        """Updates done before this process started (0 on a fresh start)."""
+        return self.state["step"] if self.state else 0
+
+    def resumed(self, key: str, default=None):
+        """A value saved with the checkpoint by `end_update(..., key=value)` (e.g. PPO's KL coefficient)."""
+        return self.state["extra"].get(key, default) if self.state else default
+
+    def open(self, derived: dict, inputs: dict, detail_flags: tuple[str, ...] = ()) -> None:
+        """Write config.json and provenance.json, open metrics.jsonl (cut back to the checkpoint on a
+        resume) and the W&B run."""
+        if not self.main:
+            return
+        args = self.args
+        config = {**config_dict(args), "derived": derived}
+        self.metrics = self.folder.start(
+            config,
+            inputs=inputs,
+            resume_step=self.start_step if self.state else None,
+            keep_lines=self.resumed("metrics_lines"),
+        )
+        self.tracker = make_tracker(
+            args.track,
+            project=args.wandb_project,
+            entity=args.wandb_entity,
+            name=f"{args.experiment}-{self.job}-{self.path.parent.name}-{self.path.name}",
+            group=args.experiment,
+            job_type=self.job,
+            tags=changed_details(args, detail_flags),
+            config=config,
+            directory=self.path,
+        )
+
+    # --- during training ----------------------------------------------------------------------------
 
     @property
     def lines(self) -> int:
         """metrics.jsonl lines written so far (stored in checkpoints: a resume truncates back to it)."""
-        return self.metrics.lines if self.main else 0
+        return self.metrics.lines if self.main and self.metrics is not None else 0
 
     def log(self, row: dict, step: int) -> None:
-        if self.main:
+        if self.main and self.metrics is not None:
             self.metrics.log(row, step=step)
             self.tracker.log(row, step=step)
 
@@ -286,21 +351,108 @@ class StageRun:
         if self.main:
             atomic_write_text(self.path / name, frame.to_csv(index=False))
 
-    def finish(self, summary: dict) -> None:
+    def check_finite(self, value: float, what: str, step: int, key: str = "loss") -> None:
+        check_finite(value, what, step, self.checkpoint_dir, key=key)
+
+    def check_finite_tensors(self, step: int, reduce=None, **tensors) -> None:
+        check_finite_tensors(step, self.checkpoint_dir, reduce=reduce, **tensors)
+
+    def end_update(self, done: int, num_updates: int, model, optimizer, scheduler=None, **extra) -> None:
+        """After update `done`: checkpoint after the last update and every --save-every updates (with
+        the metrics lines written so far and `extra`), then the crash-test hook `crash_point`."""
+        args = self.args
+        if done == num_updates or (args.save_every and done % args.save_every == 0):
+            save_training_state(
+                self.accelerator,
+                self.checkpoint_dir,
+                done,
+                model,
+                optimizer,
+                scheduler,
+                self.config,
+                {"metrics_lines": self.lines, **extra},
+            )
+            crash_point(done)
+
+    # --- after training -----------------------------------------------------------------------------
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    def save_model(self, model, tokenizer, also: dict | None = None) -> None:
+        """RUN/model (the next stage's input) and RUN/<name> for each of `also` (e.g. PPO's critic), each
+        written whole or not at all, by the main process."""
+        from rlhf_repro.io import atomic_directory
+
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        if self.main:
+            with atomic_directory(self.model_dir) as tmp:
+                accelerator.unwrap_model(model).save_pretrained(str(tmp))
+                tokenizer.save_pretrained(str(tmp))
+            for name, other in (also or {}).items():
+                with atomic_directory(self.path / name) as tmp:
+                    accelerator.unwrap_model(other).save_pretrained(str(tmp))
+        accelerator.wait_for_everyone()
+
+    def evaluate_splits(self, splits, step: int, summary: dict, evaluate, table_name, describe=None) -> None:
+        """The shared evaluation loop: for each split, `evaluate(split) -> (metrics, table)` (None to
+        skip the split), logged at `step`, the table written as `table_name(split)`, the metrics added
+        to `summary`, `describe(split, metrics, table)` printed, then the crash point `eval-<split>`."""
+        for split in splits:
+            result = evaluate(split)
+            if result is None:
+                continue
+            metrics, table = result
+            self.log(metrics, step=step)
+            self.write_table(table_name(split), table)
+            summary.update(metrics)
+            crash_point(f"eval-{split}")
+            if describe is not None and self.main:
+                print(describe(split, metrics, table))
+
+    def complete(self, summary: dict) -> dict:
+        """The last lines: total time and model path into summary.json (marking the run done)."""
+        summary["seconds"] = round(time.time() - self.t_start, 2)
+        summary["model_dir"] = str(self.model_dir)
         if self.main:
             self.folder.finish(summary)
-            self.metrics.close()
+            if self.metrics is not None:
+                self.metrics.close()
             self.tracker.finish()
-
-    def complete(self, accelerator, summary: dict, t_start: float, model_dir: Path, job: str) -> dict:
-        """A stage's last lines: total time and model path into summary.json (marking the run done)."""
-        summary["seconds"] = round(time.time() - t_start, 2)
-        summary["model_dir"] = str(model_dir)
-        self.finish(summary)
-        if self.main:
-            print(f"{job} done in {summary['seconds']} s; model -> {model_dir}")
-        accelerator.end_training()
+            print(f"{self.job} done in {summary['seconds']} s; model -> {self.model_dir}")
+        self.accelerator.end_training()
         return summary
+
+
+class PhaseTimer:
+    """Seconds per named phase of one update, summed over repeats (`time/ppo/generate`, ...):
+
+    timer = PhaseTimer("time/ppo/")
+    with timer("generate"): ...        # or timer.start("train") ... timer.stop("train")
+    row.update(timer.seconds)          # in the order the phases first ended
+    """
+
+    def __init__(self, prefix: str = ""):
+        self.prefix = prefix
+        self.seconds: dict[str, float] = {}
+        self._started: dict[str, float] = {}
+
+    def start(self, name: str) -> None:
+        self._started[name] = time.perf_counter()
+
+    def stop(self, name: str) -> None:
+        key = self.prefix + name
+        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - self._started.pop(name)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        self.start(name)
+        try:
+            yield
+        finally:
+            self.stop(name)
 
 
 def changed_details(args, fields: tuple[str, ...]) -> list[str]:
@@ -427,18 +579,6 @@ def gather_objects(accelerator, objects: list) -> list:
 
 
 CRASH_ENV = "RLHF_REPRO_CRASH_AT"
-
-
-def checkpoint_if_due(
-    args, accelerator, run, ckpt: Path, done: int, num_updates: int, model, optimizer, scheduler, config, **extra
-) -> None:
-    """Every stage's end of update: checkpoint after the last update and every --save-every updates
-    (with the metrics lines written so far and any `extra` state), then the test hook `crash_point`."""
-    if done == num_updates or (args.save_every and done % args.save_every == 0):
-        save_training_state(
-            accelerator, ckpt, done, model, optimizer, scheduler, config, {"metrics_lines": run.lines, **extra}
-        )
-        crash_point(done)
 
 
 def crash_point(where: int | str) -> None:

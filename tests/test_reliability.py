@@ -314,3 +314,22 @@ def test_a_nan_on_one_process_stops_every_process(tmp_path):
     assert seen == [0.0, 0.0, 1.0]  # every rank joins the sum, the one with the NaN too
     with pytest.raises(NumericalError, match="`advantages`"):
         check_finite_tensors(4, tmp_path, **dirty)  # one process: no collective
+
+
+@pytest.mark.parametrize("stage", ["sft", "reward", "dpo", "ppo"])
+def test_a_finished_run_is_recognised_before_any_model_or_dataset_loads(stage, tmp_path):
+    # Issue 20: the lifecycle answers "already done" first. The model and dataset paths here do not exist,
+    # so any load before that answer fails the command.
+    missing = tmp_path / "gone"
+    fake = {"data": missing / "data", "base": missing / "base", "eos": missing / "eos", "rm": missing / "rm"}
+    results = tmp_path / "results"
+    run = run_folder(results, stage)
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"model_name": "tiny", "marker": 7}))
+    r = run_cmd(stage_cmd(stage, fake, results))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "already done" in r.stdout and json.loads((run / "summary.json").read_text())["marker"] == 7
+    assert sorted(p.name for p in run.iterdir()) == ["summary.json"]  # nothing else written
+    # --no-resume runs it again, so it now reaches the missing inputs and says which one.
+    r = run_cmd(stage_cmd(stage, fake, results, 1, "--no-resume"))
+    assert r.returncode == 2 and str(missing) in r.stderr, r.stderr[-2000:]

@@ -401,3 +401,20 @@ def test_lockstep_eval_batches_give_every_rank_the_same_count_and_each_row_once(
             idx.tolist() for idx in eval_batches(n, b, world, r)
         ]
         assert all(len(idx) and idx.max() < n for idx, _ in batches)
+
+
+def test_phase_timer_sums_repeats_in_the_order_phases_first_end(monkeypatch):
+    from rlhf_repro import training
+
+    clock = iter([0.0, 1.0, 1.5, 4.0, 10.0, 10.25, 20.0, 20.5])
+    monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))
+    timer = training.PhaseTimer("time/ppo/")
+    with timer("rollout"):
+        for _ in range(2):
+            with timer("generate"):
+                pass
+    timer.start("train")
+    timer.stop("train")
+    # generate: (1.5 - 1.0) + (10.0 - 4.0); rollout 0 -> 10.25; train 20 -> 20.5 (the clock's calls in order)
+    assert timer.seconds == {"time/ppo/generate": 6.5, "time/ppo/rollout": 10.25, "time/ppo/train": 0.5}
+    assert list(timer.seconds) == ["time/ppo/generate", "time/ppo/rollout", "time/ppo/train"]
