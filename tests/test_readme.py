@@ -34,7 +34,7 @@ def suite_commands():
                 words = ["python", next(w for w in words if w.endswith(".py"))]
             if words and (
                 words[0] in ("rlhf-repro", ".venv/bin/rlhf-repro")
-                or (words[0] == "python" and words[1].startswith(("experiments/", "benchmarks/")))
+                or (words[0] == "python" and words[1].startswith(("experiments/", "benchmarks/", "scripts/")))
             ):
                 out.append(words)
     return out
