@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from rlhf_repro.presets import TINY_PPO_FLAGS  # noqa: E402
 

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from rlhf_repro.presets import TINY_REWARD_FLAGS, TINY_SFT_FLAGS  # noqa: E402
 

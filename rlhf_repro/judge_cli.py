@@ -132,7 +132,9 @@ def make_judge(args):
     prices = None
     if args.price_prompt is not None or args.price_completion is not None:
         prices = (args.price_prompt or 0.0, args.price_completion or 0.0)
-    return J.OpenAIJudge(
+    from rlhf_repro.judge_openai import OpenAIJudge, ResponseCache
+
+    return OpenAIJudge(
         model=args.model or os.environ.get("OPENAI_MODEL") or J.DEFAULT_MODEL,
         base_url=args.base_url,
         api_key=os.environ.get(args.api_key_env),
@@ -145,7 +147,7 @@ def make_judge(args):
         timeout=args.timeout,
         backoff=args.backoff,
         max_wait=args.max_wait,
-        cache=J.ResponseCache(args.cache or f"{args.out}.cache.jsonl"),
+        cache=ResponseCache(args.cache or f"{args.out}.cache.jsonl"),
         prices=prices,
         judge_seed=args.seed,
     )

@@ -17,7 +17,7 @@ SMALL += ["--prompt-length", "24", "--response-length", "6", "--threads", "1", "
 
 
 def test_workload_gives_trl_the_same_reward_model_as_ours(tmp_path):
-    from rlhf_repro.bench_ppo import _trl_models, make_workload
+    from benchmarks.speed.ppo import _trl_models, make_workload
     from rlhf_repro.reward_model import ScalarModel
     from rlhf_repro.tokenization import load_tokenizer
 
@@ -74,7 +74,7 @@ def test_bench_ppo_against_trl_when_installed():
 
 
 def test_sweep_points_are_the_issue_grid():
-    from rlhf_repro.bench_ppo import add_arguments
+    from benchmarks.speed.ppo import add_arguments
 
     p = argparse.ArgumentParser()
     add_arguments(p)

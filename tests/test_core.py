@@ -194,3 +194,26 @@ def test_model_presets_and_local_loading(tmp_path):
         load_causal_lm(tmp_path)
     with pytest.raises(InputError, match="unknown model preset"):
         preset_config("huge", 10)
+
+
+def test_the_library_imports_no_stage_script_analysis_or_benchmark():
+    """Issue 20: rlhf_repro/ is the library. Only the `rlhf-repro` dispatcher (rlhf_repro/cli.py) reaches
+    experiments/, analysis/ and benchmarks/, by module name when a command runs; no module imports them."""
+    import ast
+
+    from tests.conftest import REPO
+
+    outside = ("experiments", "analysis", "benchmarks")
+    found = []
+    for path in sorted((REPO / "rlhf_repro").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            found += [f"{path.relative_to(REPO)}:{node.lineno} {n}" for n in names if n.split(".")[0] in outside]
+    assert found == []
+    # The benchmarks are a package of their own, importable without a path hack.
+    for path in sorted((REPO / "benchmarks").rglob("*.py")):
+        assert "sys.path.insert" not in path.read_text(), path

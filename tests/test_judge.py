@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from rlhf_repro import judge as J
+from rlhf_repro import judge_openai as JO
 from tests.conftest import run_cmd
 
 pytestmark = pytest.mark.unit
@@ -169,10 +170,10 @@ ROWS = [
 
 
 def make(server, tmp_path, **kw):
-    kw.setdefault("cache", J.ResponseCache(tmp_path / "cache.jsonl"))
+    kw.setdefault("cache", JO.ResponseCache(tmp_path / "cache.jsonl"))
     kw.setdefault("backoff", 0.01)
     kw.setdefault("timeout", 2.0)
-    return J.OpenAIJudge(base_url=server.url, api_key="k", **kw)
+    return JO.OpenAIJudge(base_url=server.url, api_key="k", **kw)
 
 
 def test_openai_judge_always_a_wins_where_the_policy_was_a_and_costs_are_counted(server, tmp_path):
@@ -210,15 +211,15 @@ def test_malformed_answers_paper_vs_strict(server, tmp_path):
     assert all(r["preferred"] == "reference" for r in paper)  # the reference's rule
     server.default = "I like the first one"  # no markers
     strict = J.judge_rows(
-        make(server, tmp_path, parse_mode="strict", cache=J.ResponseCache(None)), ROWS[:2], seed=0, progress=False
+        make(server, tmp_path, parse_mode="strict", cache=JO.ResponseCache(None)), ROWS[:2], seed=0, progress=False
     )
     assert all(r["preferred"] == "" and not r["parsed"] and r["attempts"] == 3 for r in strict)
     guessed = J.judge_rows(
-        make(server, tmp_path, parse_mode="paper", cache=J.ResponseCache(None)), ROWS, seed=0, progress=False
+        make(server, tmp_path, parse_mode="paper", cache=JO.ResponseCache(None)), ROWS, seed=0, progress=False
     )
     assert all(r["guessed"] and r["preferred"] in ("policy", "reference") for r in guessed)
     again = J.judge_rows(
-        make(server, tmp_path, parse_mode="paper", cache=J.ResponseCache(None)), ROWS, seed=0, progress=False
+        make(server, tmp_path, parse_mode="paper", cache=JO.ResponseCache(None)), ROWS, seed=0, progress=False
     )
     assert [r["preferred"] for r in again] == [r["preferred"] for r in guessed]  # seeded coin flips
 

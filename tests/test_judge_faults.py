@@ -23,6 +23,7 @@ import pytest
 
 from rlhf_repro import judge as J
 from rlhf_repro import judge_cli
+from rlhf_repro import judge_openai as JO
 from rlhf_repro.io import InputError
 from tests.conftest import REPO
 from tests.test_judge import GOOD_A, ROWS, ChatServer, make
@@ -65,14 +66,14 @@ def test_retry_after_forms_seconds_milliseconds_and_http_date():
     def err(headers):
         return SimpleNamespace(response=SimpleNamespace(headers=headers))
 
-    assert J.retry_after_seconds(err({"retry-after": "0.2"})) == pytest.approx(0.2)
-    assert J.retry_after_seconds(err({"retry-after-ms": "250", "retry-after": "9"})) == pytest.approx(0.25)
-    in_3s = J.retry_after_seconds(err({"retry-after": formatdate(time.time() + 3, usegmt=True)}))
+    assert JO.retry_after_seconds(err({"retry-after": "0.2"})) == pytest.approx(0.2)
+    assert JO.retry_after_seconds(err({"retry-after-ms": "250", "retry-after": "9"})) == pytest.approx(0.25)
+    in_3s = JO.retry_after_seconds(err({"retry-after": formatdate(time.time() + 3, usegmt=True)}))
     assert 1.0 < in_3s <= 3.0
-    assert J.retry_after_seconds(err({"retry-after": "-5"})) == 0.0  # a date in the past: no wait
-    assert J.retry_after_seconds(err({"retry-after": "soon"})) is None  # garbage: fall back to backoff
-    assert J.retry_after_seconds(err({"retry-after": "nan"})) is None
-    assert J.retry_after_seconds(err({})) is None and J.retry_after_seconds(ValueError()) is None
+    assert JO.retry_after_seconds(err({"retry-after": "-5"})) == 0.0  # a date in the past: no wait
+    assert JO.retry_after_seconds(err({"retry-after": "soon"})) is None  # garbage: fall back to backoff
+    assert JO.retry_after_seconds(err({"retry-after": "nan"})) is None
+    assert JO.retry_after_seconds(err({})) is None and JO.retry_after_seconds(ValueError()) is None
 
 
 def test_a_429_pauses_every_worker_not_just_the_one_that_got_it(server, tmp_path):
@@ -136,7 +137,7 @@ def test_a_server_echoing_the_api_key_never_gets_it_into_rows_or_cache(server, t
     key = "sk-test-echo-4f1c2b9a"
     server.script = [("echo_auth", 401)]
     server.default = f"Comparison: your key is {key}\nPreferred: A"
-    judge = J.OpenAIJudge(base_url=server.url, api_key=key, backoff=0.01, cache=J.ResponseCache(tmp_path / "c"))
+    judge = JO.OpenAIJudge(base_url=server.url, api_key=key, backoff=0.01, cache=JO.ResponseCache(tmp_path / "c"))
     judged = J.judge_rows(judge, ROWS[:2], progress=False)
     assert "Incorrect API key" in judged[0]["error"] and "***" in judged[0]["error"]
     assert key not in json.dumps(judged) and key.encode() not in (tmp_path / "c").read_bytes()
@@ -182,16 +183,16 @@ def test_a_run_mixing_every_fault_loses_and_duplicates_no_row(server, tmp_path):
 
 def test_a_torn_last_line_is_skipped_and_the_next_record_is_not_glued_to_it(tmp_path):
     path = tmp_path / "cache.jsonl"
-    cache = J.ResponseCache(path)
+    cache = JO.ResponseCache(path)
     cache.put("k1", {"answer": "a1", "prompt_tokens": 1, "completion_tokens": 1})
     cache.put("k2", {"answer": "a2", "prompt_tokens": 1, "completion_tokens": 1})
     # A kill mid-write, cut inside a two-byte UTF-8 character.
     with open(path, "ab") as f:
         f.write(b'{"key": "k3", "answer": "caf\xc3')
-    cache = J.ResponseCache(path)
+    cache = JO.ResponseCache(path)
     assert set(cache.entries) == {"k1", "k2"} and cache.skipped == 1
     cache.put("k4", {"answer": "a4", "prompt_tokens": 1, "completion_tokens": 1})
-    reloaded = J.ResponseCache(path)
+    reloaded = JO.ResponseCache(path)
     assert set(reloaded.entries) == {"k1", "k2", "k4"} and reloaded.get("k4")["answer"] == "a4"
     assert path.read_bytes().endswith(b"\n") and reloaded.skipped == 1
 
@@ -199,9 +200,9 @@ def test_a_torn_last_line_is_skipped_and_the_next_record_is_not_glued_to_it(tmp_
 def test_every_cached_answer_is_fsynced_before_it_is_used(server, tmp_path, monkeypatch):
     synced = []
     real = os.fsync
-    monkeypatch.setattr(J.os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    monkeypatch.setattr(JO.os, "fsync", lambda fd: (synced.append(fd), real(fd)))
     J.judge_rows(make(server, tmp_path), ROWS[:5], concurrency=2, progress=False)
-    assert len(synced) == 5 == len(J.ResponseCache(tmp_path / "cache.jsonl").entries)
+    assert len(synced) == 5 == len(JO.ResponseCache(tmp_path / "cache.jsonl").entries)
 
 
 def test_a_server_that_dies_after_n_requests_then_a_rerun_asks_only_the_failed_rows(server, tmp_path):
@@ -246,19 +247,19 @@ def test_a_judge_killed_with_sigkill_resumes_from_its_cache(server, tmp_path):
     assert not out.exists()  # killed before the table: only the cache holds the answers so far
     with open(cache, "ab") as f:  # and as if the kill had torn the record being written
         f.write(b'{"key": "torn", "ans')
-    cached = set(J.ResponseCache(cache).entries)
+    cached = set(JO.ResponseCache(cache).entries)
     assert 4 <= len(cached) < len(rows)
     server.default, before = GOOD_A, server.requests
     r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     asked = server.user_prompts()[before:]
     # Nothing already cached is asked again; everything else is asked exactly once.
-    assert not {J.ResponseCache.key("local", None, None, p, 0) for p in asked} & cached
+    assert not {JO.ResponseCache.key("local", None, None, p, 0) for p in asked} & cached
     assert len(asked) == len(set(asked)) == len(rows) - len(cached)
     with open(out, newline="", encoding="utf-8") as f:
         judged = list(csv.DictReader(f))
     assert [j["query"] for j in judged] == [r["query"] for r in rows] and all(j["preferred"] for j in judged)
-    assert json.loads(r.stdout)["n_failed"] == 0 and len(J.ResponseCache(cache).entries) == len(rows)
+    assert json.loads(r.stdout)["n_failed"] == 0 and len(JO.ResponseCache(cache).entries) == len(rows)
 
 
 # --- the CLI: failures in the summary, exit status, input errors -----------------------------------------

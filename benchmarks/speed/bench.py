@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     gen.add_argument("--seed", type=int, default=0, help="seed of the weights, prompts and draws")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
-    from rlhf_repro import bench_ppo, bench_steps
+    from benchmarks.speed import ppo as bench_ppo
+    from benchmarks.speed import steps as bench_steps
 
     for name, module, help_ in (
         ("ppo", bench_ppo, "PPO episodes/s: ours vs TRL's PPO trainer; --sweep: time per update vs length and batch"),

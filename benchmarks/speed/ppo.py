@@ -327,7 +327,7 @@ def trl_available() -> str | None:
 
 def _child_argv(kind: str, work: Path, args) -> list[str]:
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k in CHILD_FLAGS]
-    return [sys.executable, "-m", "rlhf_repro.bench_ppo", "--child", kind, "--work", str(work), *flags]
+    return [sys.executable, "-m", "benchmarks.speed.ppo", "--child", kind, "--work", str(work), *flags]
 
 
 CHILD_FLAGS = (
@@ -458,7 +458,7 @@ def run(args) -> int:
 
 
 def _child_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="rlhf_repro.bench_ppo")
+    p = argparse.ArgumentParser(prog="benchmarks.speed.ppo")
     p.add_argument("--child", choices=("ours", "trl"), required=True)
     p.add_argument("--work", required=True)
     add_arguments(p)

@@ -1,0 +1,185 @@
+"""Launchers: each plan node as a `rlhf-repro` command, an `accelerate launch`, or a Slurm job array; the
+local launcher runs them in dependency order, several at once."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rlhf_repro.reproduce.plan import Node
+from rlhf_repro.reproduce.registry import RegistryError
+
+
+def rlhf_command(node: Node) -> list[str]:
+    return ["rlhf-repro", *node.argv]
+
+
+def accelerate_command(node: Node, num_processes: int | None) -> list[str]:
+    """`accelerate launch` of a training stage's module with the preset's config (others run as is)."""
+    if not node.training:
+        return rlhf_command(node)
+    cmd = ["accelerate", "launch"]
+    if node.accelerate_config:
+        cmd += ["--config_file", node.accelerate_config]
+    if num_processes:
+        cmd += ["--num_processes", str(num_processes)]
+    return cmd + ["-m", f"experiments.{node.stage}", *node.argv[1:]]
+
+
+def _local_argv(cmd: list[str]) -> list[str]:
+    """Run `rlhf-repro ...` with this interpreter (works without the console script on PATH)."""
+    if cmd[0] == "rlhf-repro":
+        return [sys.executable, "-m", "rlhf_repro.cli", *cmd[1:]]
+    if cmd[:2] == ["accelerate", "launch"]:
+        return [sys.executable, "-m", "accelerate.commands.launch", *cmd[2:]]
+    return cmd
+
+
+def run_local(
+    nodes: list[Node], commands: dict[str, list[str]], jobs: int, logs: Path, stream: bool, auto_threads: bool = False
+) -> int:
+    """Run pending nodes in dependency order, `jobs` at a time; skip done ones; stop scheduling on the
+    first failure (running ones finish) and return its exit code. With `auto_threads`, each training
+    process gets the machine's cores divided by the number of processes sharing them at its start."""
+    done = {n.key for n in nodes if n.done()}
+    for n in nodes:
+        if n.key in done:
+            print(f"[skip] {n.key}: {n.marker} exists", flush=True)
+    pending = [n for n in nodes if n.key not in done]
+    running: dict[str, tuple[subprocess.Popen, float, object]] = {}
+    failed = 0
+    total, started = len(pending), 0
+    logs.mkdir(parents=True, exist_ok=True)
+    while pending or running:
+        ready = [n for n in pending if all(d in done for d in n.deps)] if not failed else []
+        while ready and len(running) < jobs:
+            n = ready.pop(0)
+            pending.remove(n)
+            started += 1
+            shown = list(commands[n.key])
+            if auto_threads and (n.training or n.stage == "pretrain") and "--threads" not in shown:
+                # Split the cores among the processes about to share them: a stage running alone gets all.
+                share = max(1, (os.cpu_count() or 1) // max(1, min(jobs, len(running) + 1 + len(ready))))
+                shown += ["--threads", str(share)]
+            cmd = _local_argv(shown)
+            print(f"[{started}/{total}] {n.key}: {shlex.join(shown)}", flush=True)
+            if stream and jobs == 1:
+                proc, fh = subprocess.Popen(cmd), None
+            else:
+                fh = open(logs / (n.key.replace("/", "__") + ".log"), "w")
+                proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+            running[n.key] = (proc, time.time(), fh)
+        if not running:
+            break
+        time.sleep(0.2)
+        for key, (proc, t0, fh) in list(running.items()):
+            rc = proc.poll()
+            if rc is None:
+                continue
+            del running[key]
+            if fh:
+                fh.close()
+            if rc == 0:
+                done.add(key)
+                print(f"[done] {key} in {time.time() - t0:.0f} s", flush=True)
+            else:
+                failed = failed or rc
+                log = logs / (key.replace("/", "__") + ".log")
+                where = f"; log: {log}" if fh else ""
+                print(f"[FAILED] {key} (exit {rc}){where}", file=sys.stderr, flush=True)
+                if fh and log.exists():
+                    sys.stderr.write("".join(log.read_text().splitlines(True)[-30:]))
+    if failed:
+        left = [n.key for n in pending]
+        if left:
+            print(f"not started because of the failure: {', '.join(left)}", file=sys.stderr)
+        print("rerun the same command to resume: finished stages are skipped", file=sys.stderr)
+    return failed
+
+
+def slurm_groups(nodes: list[Node]) -> list[tuple[str, list[Node]]]:
+    """One Slurm job per (experiment, stage, size), an array over its seeds; others alone."""
+    groups: dict[str, list[Node]] = {}
+    for n in nodes:
+        if n.seed is not None and n.stage != "pretrain":
+            gid = n.key.rsplit("/", 1)[0]
+        else:
+            gid = n.key
+        groups.setdefault(gid, []).append(n)
+    return list(groups.items())
+
+
+def _job_name(gid: str) -> str:
+    return gid.replace("/", "_")
+
+
+def slurm_scripts(
+    nodes: list[Node], preset: dict, commands: dict[str, list[str]], logs: Path
+) -> tuple[dict[str, str], str]:
+    """The sbatch file of each group and a submit.sh chaining them with --dependency=afterok."""
+    groups = slurm_groups(nodes)
+    group_of = {n.key: gid for gid, ns in groups for n in ns}
+    files: dict[str, str] = {}
+    submit = [
+        "#!/usr/bin/env bash",
+        "# Submit every stage job; each waits for its inputs (afterok).",
+        "set -euo pipefail",
+    ]
+    submit.append("# Run it from the directory `rlhf-repro reproduce` ran in: the jobs' paths are relative to it.")
+    submit.append('HERE="$(dirname "$0")"')
+    for gid, ns in groups:
+        name = _job_name(gid)
+        lines = ["#!/usr/bin/env bash", f"#SBATCH --job-name={name}"]
+        header = preset.get("slurm", []) if ns[0].training else preset.get("slurm_cpu", preset.get("slurm", []))
+        lines += [f"#SBATCH {h}" for h in header]
+        lines += [f"#SBATCH --output={logs}/{name}_" + ("%A_%a.out" if len(ns) > 1 else "%j.out")]
+        if len(ns) > 1:
+            lines += [f"#SBATCH --array=0-{len(ns) - 1}"]
+        lines += ["set -euo pipefail"]
+        if len(ns) > 1:
+            seeds = " ".join(str(n.seed) for n in ns)
+            lines += [f"SEEDS=({seeds})", "SEED=${SEEDS[$SLURM_ARRAY_TASK_ID]}"]
+            cmd = _seed_template(commands[ns[0].key], ns[0].seed)
+            for other in ns[1:]:
+                if _seed_template(commands[other.key], other.seed) != cmd:
+                    raise RegistryError(f"{gid}: seeds' commands differ beyond the seed; cannot share one array job")
+            marker = _seed_template([str(ns[0].marker)], ns[0].seed)[0] if ns[0].marker else None
+        else:
+            cmd, marker = commands[ns[0].key], str(ns[0].marker) if ns[0].marker else None
+        if marker:
+            lines += [f'if [ -f "{marker}" ]; then echo "done already: {marker}"; exit 0; fi']
+        run = " ".join(_quote_keep_vars(a) for a in cmd)
+        lines += [("srun " if ns[0].training else "") + run, ""]
+        files[f"{name}.sbatch"] = "\n".join(lines)
+        deps = sorted({group_of[d] for n in ns for d in n.deps if d in group_of and group_of[d] != gid})
+        var = "JOB_" + "".join(c if c.isalnum() else "_" for c in name)
+        dep = ""
+        if deps:
+            ids = ":".join("${JOB_" + "".join(c if c.isalnum() else "_" for c in _job_name(d)) + "}" for d in deps)
+            dep = f" --dependency=afterok:{ids}"
+        submit.append(f'{var}=$(sbatch --parsable{dep} "$HERE/{name}.sbatch")')
+        submit.append(f'echo "{name}: ${{{var}}}"')
+    return files, "\n".join(submit) + "\n"
+
+
+def _seed_template(cmd: list[str], seed: int) -> list[str]:
+    """The command with its seed (the --seed value and the /SEED/ run-folder level) as ${SEED}."""
+    out = []
+    for i, a in enumerate(cmd):
+        if i > 0 and cmd[i - 1] == "--seed" and a == str(seed):
+            out.append("${SEED}")
+        else:
+            out.append(re.sub(rf"/{seed}(?=/|$)", "/${SEED}", a))
+    return out
+
+
+def _quote_keep_vars(a: str) -> str:
+    """Shell-quote an argument but let ${SEED} expand (double quotes)."""
+    if "${SEED}" in a:
+        return '"' + a.replace('"', '\\"') + '"'
+    return shlex.quote(a)
