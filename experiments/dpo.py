@@ -147,6 +147,10 @@ class Args(StageArgs):
     """SFT-dataset splits to sample for query_responses_{split}.csv."""
     sampler: Literal["fast", "hf"] = "fast"
     """Sampler for the evaluation tables (see rlhf_repro/generation.py)."""
+    lm_head: Literal["fused", "obvious"] = "fused"
+    """How token log-probs are computed: `fused` runs the LM head on the positions read, straight into the
+    log-probs (rlhf_repro/lm_head.py); `obvious` takes the model's logits at every position, log_softmax
+    and gather, as the reference does (more memory and time; equal to float rounding)."""
     max_eval_samples: int | None = None
     """Evaluate only the first N pairs / queries of each split (default: all)."""
 
@@ -181,14 +185,14 @@ RESUME_IGNORED = (
 )
 
 
-def sequence_logprobs(model, query_responses: torch.Tensor, labels: torch.Tensor, pad: int, fused: bool = True):
+def sequence_logprobs(model, query_responses: torch.Tensor, labels: torch.Tensor, pad: int, head: str = "fused"):
     """(summed, mean) log-prob of each sequence's response tokens: positions where `labels` is not PAD
     (R-19; the appended EOS counts). Log-probs use the raw logits (no temperature), as in the reference."""
     targets = labels[:, 1:]
     mask = targets != pad
     # The LM head runs on the response positions only, and the body's last layer from the first of them on.
     token_logprobs, _ = next_token_logprobs(
-        model, query_responses, pad, start=None, targets=targets, mask=mask, fused=fused
+        model, query_responses, pad, start=None, targets=targets, mask=mask, head=head
     )
     summed = token_logprobs.sum(-1)
     return summed, summed / mask.sum(-1).clamp(min=1)
@@ -214,14 +218,14 @@ def dpo_loss(
     return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
 
 
-def pair_logprobs(model, batch: list[torch.Tensor], pad: int, fused: bool = True):
+def pair_logprobs(model, batch: list[torch.Tensor], pad: int, head: str = "fused"):
     """((chosen summed, rejected summed), (chosen mean, rejected mean)) for a batch of DPO_COLUMNS, with
     chosen and rejected in one forward pass."""
     qc, lc, qr, lr = batch
     width = max(int((qc != pad).sum(1).max()), int((qr != pad).sum(1).max()))
     sequences = torch.cat((qc[:, :width], qr[:, :width]), 0)
     labels = torch.cat((lc[:, :width], lr[:, :width]), 0)
-    summed, mean = sequence_logprobs(model, sequences, labels, pad, fused)
+    summed, mean = sequence_logprobs(model, sequences, labels, pad, head)
     n = len(qc)
     return (summed[:n], summed[n:]), (mean[:n], mean[n:])
 
@@ -364,12 +368,13 @@ def main(args: Args) -> dict:
         )
 
     # Policy and reference take one log-prob path, so they agree bit for bit while their weights do: the fused
-    # LM head unless the prepared policy must be called through its own forward (DDP, autocast; `lm_head`).
-    fused = output_head(policy) is not None
+    # LM head (--lm-head fused) unless the prepared policy must be called through its own forward (DDP,
+    # autocast; `lm_head.output_head`): then both take the model's logits.
+    head = "obvious" if args.lm_head == "obvious" else "fused" if output_head(policy) is not None else "logits"
 
     def logprobs(model, batch, precision_context):
         with precision_context:
-            return pair_logprobs(model, batch, pad, fused)
+            return pair_logprobs(model, batch, pad, head)
 
     # --- training loop ---------------------------------------------------------------------------
     policy.train()

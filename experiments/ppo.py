@@ -178,6 +178,10 @@ class Args(StageArgs):
     """Token after which responses are truncated (R-06)."""
     sampler: Literal["fast", "hf"] = "fast"
     """`hf`: HF generate as the reference sets it up; `fast`: our KV-cache loop (same distribution)."""
+    lm_head: Literal["fused", "obvious"] = "fused"
+    """How token log-probs are computed: `fused` runs the LM head on the positions read, straight into the
+    log-probs (rlhf_repro/lm_head.py); `obvious` takes the model's logits at every position, log_softmax
+    and gather, as the reference does (more memory and time; equal to float rounding)."""
 
     # --- reward shaping (details 23-25, R-07, R-08, R-13) -----------------------------------------
     non_eos_penalty: bool = True
@@ -245,16 +249,23 @@ RESUME_IGNORED = (*STAGE_RESUME_IGNORED, "run_eval", "max_eval_samples", "sample
 class PolicyAndValue(torch.nn.Module):
     """Policy and critic under one module, so one optimizer and one `accelerator.prepare` cover both (detail 22)."""
 
-    def __init__(self, policy, critic):
+    def __init__(self, policy, critic, lm_head: str = "fused"):
         super().__init__()
         self.policy = policy
         self.critic = critic
+        self.lm_head = lm_head
 
     def forward(self, query_responses, pad: int, context_length: int, temperature: float, ptx_tokens=None, **_):
         """(new log-probs (B, R), entropy (B, R), values (B, T), PPO-ptx loss or None); the policy's LM head
         runs on the response positions only and straight into the log-probs (`lm_head`)."""
         logprobs, entropy = next_token_logprobs(
-            self.policy, query_responses, pad, start=context_length - 1, temperature=temperature, entropy=True
+            self.policy,
+            query_responses,
+            pad,
+            start=context_length - 1,
+            temperature=temperature,
+            entropy=True,
+            head=self.lm_head,
         )
         values = forward(self.critic, query_responses, pad, start=context_length - 1)  # positions C-1..T-1
         if ptx_tokens is None:
@@ -466,7 +477,7 @@ def main(args: Args) -> dict:
 
         set_dropout(policy, args.dropout)
         set_dropout(critic, args.dropout)
-    model = PolicyAndValue(policy, critic)
+    model = PolicyAndValue(policy, critic, args.lm_head)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.eps)
     state = stage.restore(model, optimizer)
     start = stage.start_step
@@ -558,7 +569,12 @@ def main(args: Args) -> dict:
                         val_scores = score_fn(val_queries, val_post)
                     query_response = torch.cat((query, response), 1)
                     ref_logprob, _ = next_token_logprobs(
-                        ref_policy, query_response, pad, start=context_length - 1, temperature=temperature
+                        ref_policy,
+                        query_response,
+                        pad,
+                        start=context_length - 1,
+                        temperature=temperature,
+                        head=args.lm_head,
                     )
                     # Response Processing 1. truncate the response after the first EOS (R-06)
                     postprocessed = truncate_response(response, eos, pad)

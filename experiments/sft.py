@@ -111,6 +111,10 @@ class Args(StageArgs):
     sampler: Literal["fast", "hf"] = "fast"
     """Sampler: `hf` is HF generate as the reference configures it; `fast` is our KV-cache loop (same
     distribution, faster on CPU; see rlhf_repro/generation.py)."""
+    lm_head: Literal["fused", "obvious"] = "fused"
+    """How token log-probs are computed: `fused` runs the LM head on the positions read, straight into the
+    log-probs (rlhf_repro/lm_head.py); `obvious` takes the model's logits at every position, log_softmax
+    and gather, as the reference does (more memory and time; equal to float rounding)."""
     max_eval_samples: int | None = None
     """Evaluate only the first N rows of each split (default: all)."""
     eval_splits: list[str] = field(default_factory=lambda: ["validation", "test"])
@@ -160,7 +164,7 @@ def evaluate(args: Args, accelerator, model, tokenizer, dataset, split: str) -> 
             # The reference's eval loss: left-padded query followed by the right-padded reference (all tokens).
             query_references = trim_right_padding(torch.cat((queries, references), 1), pad)
             group = int(idx[0]) // args.local_eval_batch_size
-            batch_losses.append((group, next_token_nll(unwrapped, query_references, pad).item()))
+            batch_losses.append((group, next_token_nll(unwrapped, query_references, pad, args.lm_head).item()))
             responses, _ = generate(unwrapped, queries, pad, args.response_length, args.temperature, args.sampler)
             batch_rows = sample_rows(tokenizer, meta, idx, truncate_response(responses, eos, pad), references)
             rows += [{"batch": group, **r} for r in batch_rows]
@@ -287,7 +291,7 @@ def main(args: Args) -> dict:
             (tokens,) = token_batch(train, rows, "query_reference_response_token")
             tokens = trim_right_padding(tokens, pad).to(accelerator.device)
             with accelerator.accumulate(model):
-                loss = next_token_nll(model, tokens, pad)  # detail 9: every non-PAD token, query included
+                loss = next_token_nll(model, tokens, pad, args.lm_head)  # detail 9: every non-PAD token, query included
                 accelerator.backward(loss)
                 clip_gradients(accelerator, model, args.max_grad_norm)
                 optimizer.step()

@@ -29,6 +29,9 @@ import weakref
 import torch
 import torch.nn.functional as F
 
+HEADS = ("fused", "logits", "obvious")
+"""`next_token_logprobs` paths; `--lm-head` offers fused (default) and obvious."""
+
 CHUNK_ELEMENTS = 1 << 24
 """Rows per chunk = this many elements / vocab (333 rows at 50k): two float32 scratch chunks of ~64 MB."""
 
@@ -174,6 +177,56 @@ def token_logprobs(
     return logp.view(lead), (ent.view(lead) if ent is not None else None)
 
 
+class _TokenLogprobsEntropy(torch.autograd.Function):
+    """Forward: log-prob of `tokens` and entropy under softmax(logits / T), from one softmax pass. Backward:
+    d logp / d logits = (onehot - p) / T from the saved softmax. The obvious version
+    (log_softmax of a scaled copy, gather, then a separate softmax for the entropy) makes about twice as
+    many full-vocabulary passes and copies; at Pythia's 50k vocabulary those dominate a PPO micro-step's
+    LM-head work (bench ppo)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, tokens: torch.Tensor, temperature: float):
+        with torch.no_grad():
+            scaled = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # bf16 -> fp32
+            top = scaled.amax(-1, keepdim=True)
+            p = (scaled - top).exp_()
+            z = p.sum(-1, keepdim=True)
+            p.div_(z)
+            lse = (top + z.log()).squeeze(-1)
+            entropy = lse - torch.einsum("...v,...v->...", p, scaled)
+            logp = scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse
+        ctx.save_for_backward(p, tokens)
+        ctx.temperature, ctx.dtype = temperature, logits.dtype
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp: torch.Tensor, _grad_entropy):
+        p, tokens = ctx.saved_tensors
+        g = (grad_logp / ctx.temperature).unsqueeze(-1)
+        grad = p * -g  # not in place: a retained graph (retain_graph=True, gradcheck) may need p again
+        grad.scatter_add_(-1, tokens.unsqueeze(-1), g)
+        return grad.to(ctx.dtype), None, None
+
+
+def token_logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor, temperature: float):
+    """(log-prob of `tokens`, entropy) under softmax(logits / temperature), both (..., ) from logits (..., V).
+
+    Differentiable in the log-probs (the entropy is a statistic: no gradient). `temperature` is the one the
+    tokens were sampled at, including the reference's +1e-7 (R-01)."""
+    return _TokenLogprobsEntropy.apply(logits, tokens, temperature)
+
+
+def obvious_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0, entropy: bool = False):
+    """The reference's way, for `--lm-head obvious` and as the tests' yardstick: log_softmax of the scaled
+    logits over the whole vocabulary, gather at `tokens`; the entropy from the same log-softmax (no gradient).
+    logits (..., V), tokens (...) -> (log-probs (...), entropy (...) or None), float32 or wider."""
+    logp_all = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, dim=-1)
+    logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    ent = -(logp_all.exp() * logp_all).sum(-1).detach() if entropy else None
+    return logp, ent
+
+
 def output_head(model) -> torch.Tensor | None:
     """The output-embedding weight of a causal LM whose head is a bias-free linear layer, else None
     (callers then take the model's own logits). Also None for a model whose forward was replaced on the
@@ -284,7 +337,7 @@ def next_token_logprobs(
     mask: torch.Tensor | None = None,
     temperature: float = 1.0,
     entropy: bool = False,
-    fused: bool = True,
+    head: str = "fused",
 ):
     """Log-probs of the next tokens under a causal LM: position t (t >= start) scores `targets[:, t - start]`.
 
@@ -295,12 +348,16 @@ def next_token_logprobs(
     start=None (with full-width targets and mask, (B, T - 1)): from the first position any row's mask
     selects, so the body's last layer skips the columns before it; the outputs then cover start.. only.
 
-    The head runs through `token_logprobs` when the model's output embedding is a bias-free linear layer
-    (GPT-NeoX, Llama, ...) of a plain module (`output_head`); otherwise, or with fused=False, from the
-    model's own logits (`rl.token_logprobs_and_entropy`). The two agree to float rounding, not bit for bit:
-    a caller comparing two models (DPO's policy and reference) uses one path for both."""
-    from rlhf_repro import rl
+    `head` picks the path (`--lm-head`): "fused" runs `token_logprobs` when the model's output embedding is
+    a bias-free linear layer (GPT-NeoX, Llama, ...) of a plain module (`output_head`), else the model's own
+    logits through `token_logprobs_and_entropy` (one softmax pass); "logits" always takes that second path;
+    "obvious" the model's logits through `obvious_logprobs` (log_softmax, gather). All agree to float
+    rounding, not bit for bit: a caller comparing two models (DPO's policy and reference) uses one path
+    for both."""
     from rlhf_repro.ops import forward
+
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
 
     if start is None:
         if mask is None or targets is None:
@@ -310,11 +367,14 @@ def next_token_logprobs(
         targets, mask = targets[:, start:], mask[:, start:]
     if targets is None:
         targets = tokens[:, start + 1 :]
-    weight = output_head(model) if fused else None
+    weight = output_head(model) if head == "fused" else None
     if weight is None:
         logits = forward(model, tokens, pad_token_id).logits[:, start:-1]
         safe = targets if mask is None else targets.masked_fill(~mask, 0)
-        logp, ent = rl.token_logprobs_and_entropy(logits, safe, temperature)
+        if head == "obvious":
+            logp, ent = obvious_logprobs(logits, safe, temperature, entropy=True)
+        else:
+            logp, ent = token_logprobs_and_entropy(logits, safe, temperature)
         if mask is not None:
             logp, ent = logp * mask, ent * mask
         return logp, (ent if entropy else None)
@@ -326,10 +386,10 @@ def next_token_logprobs(
     return full.masked_scatter(mask, logp), (full.masked_scatter(mask, ent) if ent is not None else None)
 
 
-def next_token_nll(model, tokens: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+def next_token_nll(model, tokens: torch.Tensor, pad_token_id: int, head: str = "fused") -> torch.Tensor:
     """Mean next-token cross-entropy over every non-PAD target token (detail 9: query tokens included), as
     `ops.next_token_loss` on the model's logits, with the LM head on those rows only (`token_logprobs`)."""
     targets = tokens[:, 1:]
     mask = targets != pad_token_id
-    logp, _ = next_token_logprobs(model, tokens, pad_token_id, start=None, targets=targets, mask=mask)
+    logp, _ = next_token_logprobs(model, tokens, pad_token_id, start=None, targets=targets, mask=mask, head=head)
     return -logp.sum() / mask.sum()

@@ -204,7 +204,7 @@ def _read_checkpoint(directory: Path) -> tuple[Path, dict] | None:
 
 # Run-config fields added after checkpoints were first written, with the value that reproduces what runs
 # did before the field existed: an older checkpoint lacking one resumes under that value only.
-FIELDS_ADDED_LATER = {"max_grad_norm": 0.0}
+FIELDS_ADDED_LATER = {"max_grad_norm": 0.0, "lm_head": "fused"}
 
 
 def load_checkpoint(

@@ -270,19 +270,24 @@ def test_under_autocast_the_head_runs_in_its_own_dtype_and_zero3_params_are_left
     assert lm_head.output_head(other) is None
 
 
-def test_fused_false_takes_the_models_own_logits(lm, monkeypatch):
-    # DPO passes fused=False for both models when its prepared policy must run through its own forward.
+@pytest.mark.parametrize("head", ["logits", "obvious"])
+def test_the_logits_and_obvious_heads_take_the_models_own_logits(lm, monkeypatch, head):
+    # DPO takes "logits" for both models when its prepared policy must run through its own forward;
+    # `--lm-head obvious` is the reference's log_softmax + gather on those logits.
     tokens = torch.randint(2, 100, (2, 9), generator=torch.Generator().manual_seed(13))
-    fused, _ = lm_head.next_token_logprobs(lm, tokens, PAD, start=3)
+    fused, fused_entropy = lm_head.next_token_logprobs(lm, tokens, PAD, start=3, entropy=True)
 
     def refuse(*args, **kwargs):
         raise AssertionError("the fused head ran")
 
     monkeypatch.setattr(lm_head, "token_logprobs", refuse)
-    plain, _ = lm_head.next_token_logprobs(lm, tokens, PAD, start=3, fused=False)
+    plain, plain_entropy = lm_head.next_token_logprobs(lm, tokens, PAD, start=3, entropy=True, head=head)
     assert plain.shape == fused.shape == (2, 5) and (plain - fused).abs().max() < 1e-5
+    assert (plain_entropy - fused_entropy).abs().max() < 1e-4
     with pytest.raises(AssertionError, match="fused head ran"):
         lm_head.next_token_logprobs(lm, tokens, PAD, start=3)
+    with pytest.raises(ValueError, match="head must be one of"):
+        lm_head.next_token_logprobs(lm, tokens, PAD, start=3, head="fast")
 
 
 def test_wrapped_models_and_zero3_layers_run_their_own_forward(lm):
@@ -314,3 +319,29 @@ def test_wrapped_models_and_zero3_layers_run_their_own_forward(lm):
     assert lm_head.tail_supported(other.base_model)
     next(other.base_model.layers[-1].parameters()).ds_id = 3
     assert not lm_head.tail_supported(other.base_model)
+
+
+@pytest.mark.parametrize("temperature", [0.7 + 1e-7, 1.0, 0.05])
+def test_fused_token_logprobs_and_entropy_match_the_obvious_version(temperature):
+    torch.manual_seed(0)
+    logits = (torch.randn(3, 5, 97, dtype=torch.float64) * 3).requires_grad_()
+    tokens = torch.randint(0, 97, (3, 5))
+    weights = torch.randn(3, 5, dtype=torch.float64)  # an arbitrary upstream gradient
+
+    logp, entropy = lm_head.token_logprobs_and_entropy(logits, tokens, temperature)
+    (logp * weights).sum().backward()
+    fused_grad = logits.grad.clone()
+
+    logits.grad = None
+    full = torch.log_softmax(logits / temperature, -1)
+    slow_logp = full.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    slow_entropy = -(full.exp() * full).sum(-1)
+    # --lm-head obvious is that same computation.
+    obvious_logp, obvious_entropy = lm_head.obvious_logprobs(logits, tokens, temperature, entropy=True)
+    assert torch.equal(obvious_logp, slow_logp) and torch.equal(obvious_entropy, slow_entropy.detach())
+    (slow_logp * weights).sum().backward()
+    assert torch.allclose(logp, slow_logp, atol=1e-10)
+    assert torch.allclose(entropy, slow_entropy.detach(), atol=1e-10)
+    assert torch.allclose(fused_grad, logits.grad, atol=1e-10)
+    assert not entropy.requires_grad
+    assert torch.autograd.gradcheck(lambda x: lm_head.token_logprobs_and_entropy(x, tokens, temperature)[0], (logits,))

@@ -164,6 +164,24 @@ def test_same_seed_same_metrics_other_seed_other_metrics(stage, paths, reference
         assert metrics(det) == metrics(reference_runs[stage])  # on CPU the deterministic kernels change nothing
 
 
+@pytest.mark.parametrize("stage", ["sft", "ppo", "dpo"])
+def test_the_obvious_lm_head_gives_the_fused_heads_numbers_to_rounding(stage, paths, reference_runs, tmp_path):
+    # --lm-head obvious: the model's logits at every position, log_softmax, gather (lm_head.obvious_logprobs).
+    ok(stage_cmd(stage, paths, tmp_path, 1, "--lm-head", "obvious"))
+    run = run_folder(tmp_path, stage)
+    assert json.loads((run / "config.json").read_text())["lm_head"] == "obvious"
+    got, want = metrics(run), metrics(reference_runs[stage])
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    keys = [k for k in want[1] if not k.startswith(TIMING) and isinstance(want[1][k], float)]
+    assert keys
+    for a, b in zip(got, want):  # every update: the same trajectory, up to float rounding
+        for k in keys:
+            if k in b and b[k] is not None:
+                assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-4), (a["step"], k)
+    # ... and not bit for bit: the other path ran.
+    assert any(a.get(k) != b.get(k) for a, b in zip(got, want) for k in keys)
+
+
 # --- checkpoints written and read atomically ----------------------------------------------------------
 
 

@@ -295,7 +295,14 @@ def test_script_help_documents_every_flag():
             "--special-tokens-in-text",
         ],
         "experiments/pretrain.py": ["--model-preset", "--resume", "--track"],
-        "experiments/sft.py": ["--base-model", "--run-eval", "--sampler", "--response-length", "--eval-at-start"],
+        "experiments/sft.py": [
+            "--base-model",
+            "--run-eval",
+            "--sampler",
+            "--lm-head",
+            "--response-length",
+            "--eval-at-start",
+        ],
         "experiments/reward.py": ["--sft-model-path", "--shuffle-seed", "--eval-gather", "--norm-episodes"],
         "experiments/ppo.py": [
             "--non-eos-penalty",
