@@ -74,10 +74,10 @@ def main() -> int:
 
     qs, out = Path(args.quickstart), Path(args.out)
     # The quickstart's base model: the shipped one (rlhf_repro/sim/base_models/), or the one a quickstart
-    # with --pretrain-base pretrained (base/base/pretrain/...).
+    # with --pretrain-base pretrained (base/pretrain/...).
     from rlhf_repro.sim.shipped import shipped_model_dir
 
-    base = qs / "base" / "base" / "pretrain" / "tiny-m" / "1" / "model"
+    base = qs / "base" / "pretrain" / "tiny-m" / "1" / "model"
     if not base.exists():
         base = shipped_model_dir("tiny-m")
     common = ["--results-dir", str(out), "--experiment", "tiny", "--seed", str(args.seed), "--no-progress"]

@@ -1,6 +1,6 @@
 """Pretrain a tiny Pythia-architecture base model on the simulated world's text.
 
-    python experiments/pretrain.py --data WORLD_DIR --model-preset tiny-m --steps 300
+    python experiments/pretrain.py --data WORLD_DIR --model-shape tiny-m --steps 300
 
 Pythia knows English before SFT starts; the tiny models of the `tiny` preset must know the world's
 language the same way. Documents are the world's pretraining corpus (WORLD/pretrain/*.jsonl: posts that
@@ -11,7 +11,7 @@ separated by EOS and packed into fixed blocks. News articles are left out: the C
 of domain. The quickstart does not run this: it starts from the shipped base models
 (rlhf_repro/sim/base_models/, `rlhf-repro sim base-models` retrains and checks them).
 
-Writes results/<experiment>/pretrain/<preset>/<seed>/: config.json, provenance.json, metrics.jsonl,
+Writes results/<experiment>/pretrain/<model-shape>/<seed>/: config.json, provenance.json, metrics.jsonl,
 summary.json (parameters, losses before/after, time), checkpoint/ (for --resume) and model/, a
 `save_pretrained` directory (model + tokenizer) that AutoModelForCausalLM loads like a hub id.
 """
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from rlhf_repro.io import InputError, atomic_directory, read_jsonl
-from rlhf_repro.modeling import count_parameters, disable_dropout, preset_config
+from rlhf_repro.modeling import count_parameters, disable_dropout, shape_config
 from rlhf_repro.runs import RunFolder, config_dict, load_checkpoint, run_dir, save_checkpoint
 from rlhf_repro.seeding import seed_everything
 from rlhf_repro.tokenization import load_tokenizer
@@ -42,12 +42,13 @@ class Args:
     """World directory from `rlhf-repro sim generate` (reads pretrain/train.jsonl and pretrain/valid.jsonl)."""
     tokenizer: str | None = None
     """Tokenizer (hub id, directory or tokenizer.json); default: DATA/tokenizer."""
-    model_preset: Literal["tiny-xs", "tiny-s", "tiny-m", "tiny-l", "pythia-14m"] = "tiny-m"
-    """Architecture size (see rlhf_repro/modeling.py MODEL_PRESETS)."""
+    model_shape: Literal["tiny-xs", "tiny-s", "tiny-m", "tiny-l", "pythia-14m"] = "tiny-m"
+    """Architecture size (see rlhf_repro/modeling.py MODEL_SHAPES). `--model-preset`, its old name, still
+    works and warns."""
     results_dir: str = "results"
     """Root of run folders."""
     experiment: str = "quickstart"
-    """Experiment name: the run folder is RESULTS_DIR/EXPERIMENT/pretrain/PRESET/SEED."""
+    """Experiment name: the run folder is RESULTS_DIR/EXPERIMENT/pretrain/MODEL_SHAPE/SEED."""
     seed: int = 1
     """Seed of initialization and data order."""
     steps: int = 300
@@ -138,7 +139,7 @@ def main(args: Args) -> dict:
         torch.set_num_threads(args.threads)
     data = Path(args.data)
     tokenizer = load_tokenizer(args.tokenizer or data / "tokenizer")
-    run = RunFolder(run_dir(args.results_dir, args.experiment, "pretrain", args.model_preset, args.seed))
+    run = RunFolder(run_dir(args.results_dir, args.experiment, "pretrain", args.model_shape, args.seed))
     seed_everything(args.seed)
 
     # --- data -------------------------------------------------------------------------------------
@@ -149,8 +150,8 @@ def main(args: Args) -> dict:
     order = torch.randperm(len(train_blocks), generator=torch.Generator().manual_seed(args.seed))
 
     # --- model and optimizer ------------------------------------------------------------------------
-    config = preset_config(
-        args.model_preset, len(tokenizer), eos_token_id=tokenizer.eos_token_id, max_positions=max(2048, args.block_size)
+    config = shape_config(
+        args.model_shape, len(tokenizer), eos_token_id=tokenizer.eos_token_id, max_positions=max(2048, args.block_size)
     )
     model = GPTNeoXForCausalLM(config)
     disable_dropout(model)
@@ -172,7 +173,7 @@ def main(args: Args) -> dict:
         args.track,
         project=args.wandb_project,
         entity=args.wandb_entity,
-        name=f"pretrain-{args.model_preset}-{args.seed}",
+        name=f"pretrain-{args.model_shape}-{args.seed}",
         group=args.experiment,
         job_type="pretrain",
         config=config_dict(args),
@@ -186,7 +187,7 @@ def main(args: Args) -> dict:
         before = eval_loss(model, valid_blocks, args.batch_size)
         metrics.log({"eval/pretrain/loss": before}, step=0)
     print(
-        f"{args.model_preset}: {n_params:,} parameters ({n_params - 2 * config.vocab_size * config.hidden_size:,} "
+        f"{args.model_shape}: {n_params:,} parameters ({n_params - 2 * config.vocab_size * config.hidden_size:,} "
         f"outside embeddings), {len(train_blocks)} train blocks of {args.block_size}; "
         f"validation loss {before:.3f} (uniform: {untrained:.3f})"
     )
@@ -237,7 +238,7 @@ def main(args: Args) -> dict:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
     summary = {
-        "model_preset": args.model_preset,
+        "model_shape": args.model_shape,
         "parameters": n_params,
         "steps": args.steps,
         "tokens": args.steps * args.batch_size * args.block_size,
@@ -254,10 +255,13 @@ def main(args: Args) -> dict:
     return summary
 
 
-def cli(argv: list[str] | None = None) -> int:
-    from rlhf_repro.cli import run_stage
+RENAMED_FLAGS = {"--model-preset": "--model-shape"}  # issue 20: "preset" names the pipeline presets only
 
-    return run_stage(Args, main, argv, __doc__)
+
+def cli(argv: list[str] | None = None) -> int:
+    from rlhf_repro.cli import renamed_flags, run_stage
+
+    return run_stage(Args, main, renamed_flags(sys.argv[1:] if argv is None else argv, RENAMED_FLAGS), __doc__)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,19 @@ def run_stage(args_type, main_fn, argv: list[str] | None, description: str | Non
     return 0
 
 
+def renamed_flags(argv: list[str], renamed: dict[str, str]) -> list[str]:
+    """argv with each old flag name (`--old` or `--old=value`) replaced by its new one, warning once per
+    flag on stderr."""
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if name in renamed:
+            print(f"warning: {name} is now {renamed[name]}; the old name will go in a later release", file=sys.stderr)
+            arg = renamed[name] + eq + value
+        out.append(arg)
+    return out
+
+
 def _stage(module: str, argv: list[str]) -> int:
     import importlib
 

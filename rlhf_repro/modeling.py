@@ -1,4 +1,4 @@
-"""Model construction and loading: Pythia-architecture presets, hub/local loading, dropout off (detail 7)."""
+"""Model construction and loading: Pythia-architecture model shapes, hub/local loading, dropout off (detail 7)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rlhf_repro.io import InputError, from_hub, looks_like_hub_id
 # GPT-NeoX shapes with Pythia's architecture: rotary on 25% of head dims, parallel residual, untied
 # input/output embeddings. `vocab_size` None means: the tokenizer's size rounded up to 128, the way
 # Pythia's embedding table is larger than its tokenizer's vocabulary (detail 3).
-MODEL_PRESETS = {
+MODEL_SHAPES = {
     "tiny-xs": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, vocab_size=None),
     "tiny-s": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, vocab_size=None),
     "tiny-m": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512, vocab_size=None),
@@ -28,16 +28,16 @@ def padded_vocab_size(n_tokens: int, multiple: int = 128) -> int:
     return -(-n_tokens // multiple) * multiple
 
 
-def preset_config(preset: str, tokenizer_size: int, eos_token_id: int = 0, max_positions: int = 2048):
-    """A GPTNeoXConfig for a named preset, sized to hold `tokenizer_size` tokens."""
+def shape_config(name: str, tokenizer_size: int, eos_token_id: int = 0, max_positions: int = 2048):
+    """A GPTNeoXConfig for a named model shape, sized to hold `tokenizer_size` tokens."""
     from transformers import GPTNeoXConfig
 
-    if preset not in MODEL_PRESETS:
-        raise InputError(f"unknown model preset {preset!r}; one of {', '.join(MODEL_PRESETS)}")
-    shape = dict(MODEL_PRESETS[preset])
+    if name not in MODEL_SHAPES:
+        raise InputError(f"unknown model shape {name!r}; one of {', '.join(MODEL_SHAPES)}")
+    shape = dict(MODEL_SHAPES[name])
     vocab = shape.pop("vocab_size") or padded_vocab_size(tokenizer_size)
     if vocab < tokenizer_size:
-        raise InputError(f"preset {preset!r} has {vocab} embeddings but the tokenizer has {tokenizer_size} tokens")
+        raise InputError(f"model shape {name!r} has {vocab} embeddings but the tokenizer has {tokenizer_size} tokens")
     return GPTNeoXConfig(
         vocab_size=vocab,
         rotary_pct=0.25,

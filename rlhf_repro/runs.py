@@ -205,6 +205,8 @@ def _read_checkpoint(directory: Path) -> tuple[Path, dict] | None:
 # Run-config fields added after checkpoints were first written, with the value that reproduces what runs
 # did before the field existed: an older checkpoint lacking one resumes under that value only.
 FIELDS_ADDED_LATER = {"max_grad_norm": 0.0, "lm_head": "fused"}
+# Run-config fields renamed since (old name -> new): a checkpoint written under the old name resumes.
+FIELDS_RENAMED = {"model_preset": "model_shape"}
 
 
 def load_checkpoint(
@@ -219,6 +221,8 @@ def load_checkpoint(
         return None
     path, state = found
     saved = state.get("config")
+    if saved is not None:
+        saved = {FIELDS_RENAMED.get(k, k): v for k, v in saved.items()}
     if config is not None and saved is not None:
         # A checkpoint from before a flag existed ran with the behaviour its default keeps.
         saved = {**{k: v for k, v in FIELDS_ADDED_LATER.items() if k in config}, **saved}

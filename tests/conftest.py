@@ -163,12 +163,12 @@ def tiny_base_model(small_world, tmp_path_factory) -> Path:
     import torch
     from transformers import GPTNeoXForCausalLM
 
-    from rlhf_repro.modeling import preset_config
+    from rlhf_repro.modeling import shape_config
     from rlhf_repro.tokenization import load_tokenizer
 
     tok = load_tokenizer(small_world / "tokenizer")
     torch.manual_seed(0)
-    model = GPTNeoXForCausalLM(preset_config("tiny-s", len(tok), eos_token_id=tok.eos_token_id, max_positions=512))
+    model = GPTNeoXForCausalLM(shape_config("tiny-s", len(tok), eos_token_id=tok.eos_token_id, max_positions=512))
     out = tmp_path_factory.mktemp("base") / "model"
     model.save_pretrained(out)
     tok.save_pretrained(out)

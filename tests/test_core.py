@@ -175,16 +175,16 @@ def test_tokenizer_loading_and_its_errors(tmp_path):
         load_tokenizer(tmp_path / "empty")
 
 
-def test_model_presets_and_local_loading(tmp_path):
+def test_model_shapes_and_local_loading(tmp_path):
     from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from rlhf_repro.modeling import count_parameters, load_causal_lm, preset_config
+    from rlhf_repro.modeling import count_parameters, load_causal_lm, shape_config
 
-    cfg = preset_config("tiny-s", tokenizer_size=2489)
+    cfg = shape_config("tiny-s", tokenizer_size=2489)
     assert cfg.vocab_size == 2560 and cfg.rope_parameters["partial_rotary_factor"] == 0.25
     assert cfg.use_parallel_residual and not cfg.tie_word_embeddings
-    assert preset_config("pythia-14m", 50278).vocab_size == 50304
-    assert count_parameters(GPTNeoXForCausalLM(preset_config("pythia-14m", 50278))) == 14_067_712
+    assert shape_config("pythia-14m", 50278).vocab_size == 50304
+    assert count_parameters(GPTNeoXForCausalLM(shape_config("pythia-14m", 50278))) == 14_067_712
     dropout_cfg = GPTNeoXConfig(**{**cfg.to_dict(), "hidden_dropout": 0.3, "attention_dropout": 0.3})
     GPTNeoXForCausalLM(dropout_cfg).save_pretrained(tmp_path / "m")
     model = load_causal_lm(tmp_path / "m")
@@ -192,8 +192,8 @@ def test_model_presets_and_local_loading(tmp_path):
     assert type(AutoModelForCausalLM.from_pretrained(tmp_path / "m")).__name__ == "GPTNeoXForCausalLM"
     with pytest.raises(InputError, match="no config.json"):
         load_causal_lm(tmp_path)
-    with pytest.raises(InputError, match="unknown model preset"):
-        preset_config("huge", 10)
+    with pytest.raises(InputError, match="unknown model shape"):
+        shape_config("huge", 10)
 
 
 def test_the_library_imports_no_stage_script_analysis_or_benchmark():
@@ -217,3 +217,14 @@ def test_the_library_imports_no_stage_script_analysis_or_benchmark():
     # The benchmarks are a package of their own, importable without a path hack.
     for path in sorted((REPO / "benchmarks").rglob("*.py")):
         assert "sys.path.insert" not in path.read_text(), path
+
+
+def test_a_checkpoint_written_under_a_renamed_field_resumes(tmp_path):
+    import torch
+
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(tmp_path, 3, model, config={"model_preset": "tiny-m", "lr": 1e-3})
+    state = load_checkpoint(tmp_path, torch.nn.Linear(2, 2), config={"model_shape": "tiny-m", "lr": 1e-3})
+    assert state["step"] == 3
+    with pytest.raises(InputError, match="different config"):
+        load_checkpoint(tmp_path, torch.nn.Linear(2, 2), config={"model_shape": "tiny-s", "lr": 1e-3})

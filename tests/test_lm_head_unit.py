@@ -19,10 +19,10 @@ PAD, EOS = 1, 0
 def _model(parallel: bool = True, vocab: int = 100):
     from transformers import GPTNeoXForCausalLM
 
-    from rlhf_repro.modeling import disable_dropout, preset_config
+    from rlhf_repro.modeling import disable_dropout, shape_config
 
     torch.manual_seed(0)
-    config = preset_config("tiny-s", vocab, eos_token_id=EOS, max_positions=128)
+    config = shape_config("tiny-s", vocab, eos_token_id=EOS, max_positions=128)
     config.use_parallel_residual = parallel
     model = GPTNeoXForCausalLM(config)
     disable_dropout(model)

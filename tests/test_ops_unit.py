@@ -126,10 +126,10 @@ def test_trim_padding_helpers():
 def tiny_lm():
     from transformers import GPTNeoXForCausalLM
 
-    from rlhf_repro.modeling import disable_dropout, preset_config
+    from rlhf_repro.modeling import disable_dropout, shape_config
 
     torch.manual_seed(0)
-    model = GPTNeoXForCausalLM(preset_config("tiny-s", 100, eos_token_id=EOS, max_positions=128))
+    model = GPTNeoXForCausalLM(shape_config("tiny-s", 100, eos_token_id=EOS, max_positions=128))
     disable_dropout(model)
     return model.eval()
 

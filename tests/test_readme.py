@@ -65,27 +65,27 @@ def test_readme_model_table_matches_the_presets():
     """The base-model table states each preset's shape and size; a preset changed in code must change it."""
     from transformers import GPTNeoXForCausalLM
 
-    from rlhf_repro.modeling import MODEL_PRESETS, count_parameters, preset_config
+    from rlhf_repro.modeling import MODEL_SHAPES, count_parameters, shape_config
 
     rows = re.findall(r"^\| (tiny-\w+|pythia-14m) \| ([^|]+) \| ([\d,]+) \|", DOCS, re.M)
     table = {name: (shape, int(n.replace(",", ""))) for name, shape, n in rows}
-    assert set(table) == set(MODEL_PRESETS)
-    for name, preset in MODEL_PRESETS.items():
+    assert set(table) == set(MODEL_SHAPES)
+    for name, preset in MODEL_SHAPES.items():
         stated_shape, stated_parameters = table[name]
         shape = [int(x) for x in stated_shape.split(",")[0].split("/")]
         keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
         assert shape == [preset[k] for k in keys], name
         # 2,489 tokens: the world tokenizer (pythia-14m pads to its own 50,304 whatever the tokenizer).
-        assert count_parameters(GPTNeoXForCausalLM(preset_config(name, 2489))) == stated_parameters, name
+        assert count_parameters(GPTNeoXForCausalLM(shape_config(name, 2489))) == stated_parameters, name
 
 
-def test_every_model_preset_can_be_pretrained():
+def test_every_model_shape_can_be_pretrained():
     import typing
 
     from experiments.pretrain import Args
-    from rlhf_repro.modeling import MODEL_PRESETS
+    from rlhf_repro.modeling import MODEL_SHAPES
 
-    assert set(typing.get_args(typing.get_type_hints(Args)["model_preset"])) == set(MODEL_PRESETS)
+    assert set(typing.get_args(typing.get_type_hints(Args)["model_shape"])) == set(MODEL_SHAPES)
 
 
 def test_every_detail_tag_in_the_code_resolves_in_docs_details():

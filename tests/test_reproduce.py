@@ -376,7 +376,7 @@ def test_quickstart_size_seed_and_track_reach_the_stages(tmp_path):
     assert "rlhf-repro sim check-base --world " in r.stdout and "--size tiny-s" in r.stdout
     r = cli("quickstart", "--out", str(tmp_path / "qs"), "--size", "tiny-s", "--track", "--pretrain-base", "--dry-run")
     pretrain = next(line for line in r.stdout.splitlines() if line.startswith("rlhf-repro pretrain "))
-    assert "--model-preset tiny-s" in pretrain and "--track" not in pretrain
+    assert "--model-shape tiny-s" in pretrain and "--track" not in pretrain
 
 
 def test_num_processes_threads_and_quiet_do_what_they_say(tmp_path):

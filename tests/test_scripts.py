@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from datasets import load_from_disk
 
-from tests.conftest import REAL_TOKENIZER, cli, run_fresh
+from tests.conftest import REAL_TOKENIZER, cli, run_cmd, run_fresh
 
 pytestmark = pytest.mark.smoke
 
@@ -199,7 +199,7 @@ def _pretrain(world, results, *extra, **kw):
         "pretrain",
         "--data",
         str(world),
-        "--model-preset",
+        "--model-shape",
         "tiny-s",
         "--steps",
         "6",
@@ -294,7 +294,7 @@ def test_script_help_documents_every_flag():
             "--cnndm-params.max-rm-query-response-length",
             "--special-tokens-in-text",
         ],
-        "experiments/pretrain.py": ["--model-preset", "--resume", "--track"],
+        "experiments/pretrain.py": ["--model-shape", "--resume", "--track"],
         "experiments/sft.py": [
             "--base-model",
             "--run-eval",
@@ -399,3 +399,18 @@ def test_builder_batch_size_does_not_change_output_and_empty_space_pads_with_spa
     assert n_pad > 0 and row["query_token"][:n_pad] == space * n_pad and row["query"] == a[0]["query"]
     # space padding concatenates query and response tokens, as the reference does
     assert row["query_reference_response_token"][:256] == row["query_token"]
+
+
+def test_an_old_flag_name_still_works_and_warns(tmp_path):
+    # Issue 20: pretrain's --model-preset is now --model-shape ("preset" names the pipeline presets only).
+    from rlhf_repro.cli import renamed_flags
+
+    assert renamed_flags(["--model-preset=tiny-s", "--seed", "2"], {"--model-preset": "--model-shape"}) == [
+        "--model-shape=tiny-s",
+        "--seed",
+        "2",
+    ]
+    missing = tmp_path / "no-world"
+    r = run_cmd([sys.executable, "experiments/pretrain.py", "--model-preset", "tiny-xs", "--data", str(missing)])
+    assert r.returncode == 2 and str(missing) in r.stderr, r.stderr[-2000:]
+    assert "warning: --model-preset is now --model-shape" in r.stderr

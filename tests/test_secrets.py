@@ -148,7 +148,7 @@ def test_a_tracked_training_stage_writes_no_secret(small_world, tmp_path):
         "pretrain",
         "--data",
         str(small_world),
-        "--model-preset",
+        "--model-shape",
         "tiny-s",
         "--steps",
         "2",

@@ -25,10 +25,10 @@ def sft_dir(tmp_path):
     """A tiny GPT-NeoX causal LM saved like sft.py saves its model."""
     from transformers import GPTNeoXForCausalLM
 
-    from rlhf_repro.modeling import preset_config
+    from rlhf_repro.modeling import shape_config
 
     torch.manual_seed(0)
-    model = GPTNeoXForCausalLM(preset_config("tiny-l", 100, eos_token_id=0, max_positions=64))
+    model = GPTNeoXForCausalLM(shape_config("tiny-l", 100, eos_token_id=0, max_positions=64))
     model.save_pretrained(tmp_path / "sft")
     return tmp_path / "sft"
 
@@ -366,10 +366,10 @@ def test_models_load_in_fp32_whatever_dtype_they_were_saved_in(tmp_path):
     launcher (R-17), so every loader asks for fp32, and a reward model built on a bf16 body is fp32 too."""
     from transformers import GPTNeoXForCausalLM
 
-    from rlhf_repro.modeling import load_causal_lm, preset_config
+    from rlhf_repro.modeling import load_causal_lm, shape_config
     from rlhf_repro.reward_model import ScalarModel, load_backbone, load_reward_model
 
-    GPTNeoXForCausalLM(preset_config("tiny-xs", 100, max_positions=64)).to(torch.bfloat16).save_pretrained(
+    GPTNeoXForCausalLM(shape_config("tiny-xs", 100, max_positions=64)).to(torch.bfloat16).save_pretrained(
         tmp_path / "lm"
     )
     assert '"dtype": "bfloat16"' in (tmp_path / "lm" / "config.json").read_text()

@@ -4,7 +4,7 @@
     rlhf-repro bench generate --model-shape tiny --batch 64 --prompt-length 200 --response-length 53
 
 Both draw `--response-length` tokens after each of `--batch` random prompts of `--prompt-length` tokens
-from the same randomly initialized GPT-NeoX (shapes of `rlhf_repro.modeling.MODEL_PRESETS`: `pythia-14m` is
+from the same randomly initialized GPT-NeoX (shapes of `rlhf_repro.modeling.MODEL_SHAPES`: `pythia-14m` is
 hidden 128, 6 layers, 4 heads, vocabulary 50,304), at T = 0.7 with top-k 0 and top-p 1 and no stop at
 EOS (R-03):
 - ours: `rlhf_repro.generation.generate(sampler="fast")`: a KV cache written in place, the LM head on the
@@ -26,17 +26,17 @@ import statistics
 import sys
 import time
 
-from rlhf_repro.modeling import MODEL_PRESETS
+from rlhf_repro.modeling import MODEL_SHAPES
 
 
 def _model(shape: str, seed: int):
     import torch
     from transformers import GPTNeoXForCausalLM
 
-    from rlhf_repro.modeling import preset_config
+    from rlhf_repro.modeling import shape_config
 
     # pythia-14m carries its own 50,304-token vocabulary; the tiny shapes get the world tokenizer's size.
-    config = preset_config(shape, 2489)
+    config = shape_config(shape, 2489)
     torch.manual_seed(seed)
     model = GPTNeoXForCausalLM(config).eval()
     return model, config
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = p.add_subparsers(dest="what", required=True)
     gen = sub.add_parser("generate", help="sampling tokens/s: ours vs HF generate", description=__doc__)
-    gen.add_argument("--model-shape", choices=(*MODEL_PRESETS, "tiny"), default="pythia-14m")
+    gen.add_argument("--model-shape", choices=(*MODEL_SHAPES, "tiny"), default="pythia-14m")
     gen.add_argument("--batch", type=int, default=64, help="prompts per call")
     gen.add_argument("--prompt-length", type=int, default=200, help="tokens per prompt")
     gen.add_argument("--response-length", type=int, default=53, help="tokens sampled per prompt")

@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rlhf_repro.modeling import MODEL_PRESETS
+from rlhf_repro.modeling import MODEL_SHAPES
 
 PAD, EOS = "[PAD]", "<|endoftext|>"
 TINY_TOKENIZER_SIZE = 2489  # the quickstart world's tokenizer: tiny shapes are sized for it
@@ -70,12 +70,12 @@ def make_workload(out: Path, shape: str, prompt_length: int, response_length: in
     from datasets import Dataset, DatasetDict
     from transformers import GPTNeoXForCausalLM
 
-    from rlhf_repro.modeling import MODEL_PRESETS, preset_config
+    from rlhf_repro.modeling import MODEL_SHAPES, shape_config
     from rlhf_repro.reward_model import ScalarModel
 
-    size = MODEL_PRESETS[shape]["vocab_size"] or TINY_TOKENIZER_SIZE
+    size = MODEL_SHAPES[shape]["vocab_size"] or TINY_TOKENIZER_SIZE
     tokenizer = _tokenizer(size)
-    config = preset_config(shape, size, max_positions=max(2048, prompt_length + 2 * response_length))
+    config = shape_config(shape, size, max_positions=max(2048, prompt_length + 2 * response_length))
     config.pad_token_id = 1
     torch.manual_seed(seed)
     policy = GPTNeoXForCausalLM(config)
@@ -397,7 +397,7 @@ def sweep(args) -> list[dict]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-shape", choices=(*MODEL_PRESETS, "tiny"), default="pythia-14m")
+    p.add_argument("--model-shape", choices=(*MODEL_SHAPES, "tiny"), default="pythia-14m")
     p.add_argument("--batch", type=int, default=64, help="episodes per update (rollout batch)")
     p.add_argument("--micro-batch", type=int, default=16, help="sequences per forward/backward in the PPO epochs")
     p.add_argument("--rollout-forward-batch", type=int, default=64, help="queries per rollout forward chunk")

@@ -33,17 +33,17 @@ import argparse
 import json
 import time
 
-from rlhf_repro.modeling import MODEL_PRESETS
+from rlhf_repro.modeling import MODEL_SHAPES
 
 
 def _models(shape: str, seed: int):
     import torch
     from transformers import GPTNeoXForCausalLM
 
-    from rlhf_repro.modeling import disable_dropout, preset_config
+    from rlhf_repro.modeling import disable_dropout, shape_config
     from rlhf_repro.reward_model import ScalarModel
 
-    config = preset_config(shape, 2489)
+    config = shape_config(shape, 2489)
     config.pad_token_id = 1
     torch.manual_seed(seed)
     policy = GPTNeoXForCausalLM(config)
@@ -215,7 +215,7 @@ def bench_steps(args) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-shape", choices=tuple(MODEL_PRESETS), default="pythia-14m")
+    p.add_argument("--model-shape", choices=tuple(MODEL_SHAPES), default="pythia-14m")
     p.add_argument("--micro-batch", type=int, default=16, help="sequences per step (DPO: pairs)")
     p.add_argument("--prompt-length", type=int, default=200, help="query tokens per sequence")
     p.add_argument("--response-length", type=int, default=53, help="largest response length")

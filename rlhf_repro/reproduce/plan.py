@@ -63,7 +63,7 @@ class Layout:
         return self.results / experiment / stage / size / str(seed)
 
     def pretrained(self, size: str, seed: int) -> Path:
-        return self.out / "base" / "base" / "pretrain" / size / str(seed)
+        return self.out / "base" / "pretrain" / size / str(seed)
 
 
 @dataclass
@@ -138,9 +138,9 @@ class Planner:
             return key, shipped.parent
         pseed = self.preset.get("world_seed", 1)
         pre_dir = self.layout.pretrained(size, pseed)
-        argv = ["pretrain", "--data", str(self.layout.world), "--model-preset", size]
+        argv = ["pretrain", "--data", str(self.layout.world), "--model-shape", size]
         argv += ["--steps", str(self.preset.get("pretrain_steps", 300)), "--seed", str(pseed)]
-        argv += ["--results-dir", str(self.layout.out / "base"), "--experiment", "base", "--no-progress"]
+        argv += ["--results-dir", str(self.layout.out), "--experiment", "base", "--no-progress"]
         argv += ["--threads", str(self.opts.threads)] if self.opts.threads else []
         # After the datasets: beside them it would start with half the cores and keep them.
         deps = [self.world_key, self.datasets_key]

@@ -157,7 +157,7 @@ def retrain(sizes: list[str], out: str | os.PathLike, write: bool = False, threa
     for size in sizes:
         if size not in PRETRAIN_FLAGS:
             raise InputError(f"no recipe for size {size!r} (one of {', '.join(PRETRAIN_FLAGS)})")
-        flags = ["--data", str(world), "--model-preset", size, "--seed", "1", "--no-progress"]
+        flags = ["--data", str(world), "--model-shape", size, "--seed", "1", "--no-progress"]
         flags += ["--results-dir", str(out / "runs"), "--experiment", "base", *PRETRAIN_FLAGS[size]]
         flags += ["--threads", str(threads)] if threads else []
         t0 = time.time()
