@@ -55,6 +55,7 @@ from rlhf_repro.data import (
 from rlhf_repro.generation import generate
 from rlhf_repro.io import InputError
 from rlhf_repro.lm_head import next_token_logprobs, output_head
+from rlhf_repro.lora import LoraArgs, adapters_off, add_adapters, trainable
 from rlhf_repro.ops import trim_left_padding, truncate_response
 from rlhf_repro.pair_eval import evaluate_pairs
 from rlhf_repro.runs import model_name_of
@@ -151,6 +152,9 @@ class Args(StageArgs):
     """How token log-probs are computed: `fused` runs the LM head on the positions read, straight into the
     log-probs (rlhf_repro/lm_head.py); `obvious` takes the model's logits at every position, log_softmax
     and gather, as the reference does (more memory and time; equal to float rounding)."""
+    lora: LoraArgs = field(default_factory=LoraArgs)
+    """LoRA adapters through peft (rlhf_repro/lora.py); the reference policy is then the policy with its
+    adapters switched off, not a second copy."""
     max_eval_samples: int | None = None
     """Evaluate only the first N pairs / queries of each split (default: all)."""
 
@@ -333,13 +337,17 @@ def main(args: Args) -> dict:
 
     # --- models ----------------------------------------------------------------------------------
     policy = load_causal_lm(args.sft_model_path)
-    ref_policy = load_causal_lm(args.sft_model_path).eval().requires_grad_(False)
-    disable_dropout(ref_policy)
+    peft_model = ref_policy = None
+    if args.lora.enabled:  # the reference is the policy with its adapters off: no second copy
+        policy, peft_model = add_adapters(policy, args.lora)
+    else:
+        ref_policy = load_causal_lm(args.sft_model_path).eval().requires_grad_(False)
+        disable_dropout(ref_policy)
     if args.dropout:
         set_dropout(policy, args.dropout)
     else:
         disable_dropout(policy)
-    optimizer = make_optimizer(args.optimizer, policy.parameters(), args.lr, args.eps)
+    optimizer = make_optimizer(args.optimizer, trainable(policy), args.lr, args.eps)
     scheduler = get_scheduler(
         args.scheduler, optimizer=optimizer, num_warmup_steps=args.warm_up_steps, num_training_steps=num_updates
     )
@@ -348,7 +356,18 @@ def main(args: Args) -> dict:
     policy, optimizer = prepare_trained(
         accelerator, args.local_micro_batch_size, policy, optimizer, max_grad_norm=args.max_grad_norm
     )
-    ref_policy = place_reference(accelerator, ref_policy, policy, args.ref_precision)
+    if peft_model is None:
+        ref_policy = place_reference(accelerator, ref_policy, policy, args.ref_precision)
+    else:
+        ref_policy = policy
+
+    def reference():
+        """The reference policy's precision context (and, with LoRA, its adapters off)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(ref_context(accelerator, args.ref_precision))
+        stack.enter_context(adapters_off(peft_model))
+        return stack
+
     stage.open(
         derived,
         inputs={
@@ -395,9 +414,7 @@ def main(args: Args) -> dict:
             with accelerator.accumulate(policy):
                 (pc, pr), (pc_avg, pr_avg) = logprobs(policy, batch, contextlib.nullcontext())
                 with torch.no_grad():
-                    (rc, rr), (rc_avg, rr_avg) = logprobs(
-                        ref_policy, batch, ref_context(accelerator, args.ref_precision)
-                    )
+                    (rc, rr), (rc_avg, rr_avg) = logprobs(ref_policy, batch, reference())
                 if args.loss_type == "ipo_avg":
                     losses = dpo_loss(pc_avg, pr_avg, rc_avg, rr_avg, args.beta, args.loss_type)
                 else:
@@ -452,7 +469,7 @@ def main(args: Args) -> dict:
     }
 
     # --- save ------------------------------------------------------------------------------------
-    stage.save_model(policy, tokenizer)
+    stage.save_model(policy, tokenizer, adapters={"adapter": peft_model})
 
     # --- evaluation (§4.10, R-04) ------------------------------------------------------------------
     if args.run_eval:
@@ -468,7 +485,7 @@ def main(args: Args) -> dict:
             def implicit_rewards(idx):
                 batch = [t.to(accelerator.device) for t in token_batch(dataset, idx, *DPO_COLUMNS)]
                 (pc, pr), _ = logprobs(unwrapped, batch, accelerator.autocast())
-                (rc, rr), _ = logprobs(ref_policy, batch, ref_context(accelerator, args.ref_precision))
+                (rc, rr), _ = logprobs(ref_policy, batch, reference())
                 return args.beta * (pc - rc), args.beta * (pr - rr)
 
             return evaluate_pairs(

@@ -37,6 +37,7 @@ from rlhf_repro.data import check_padding, eval_batches, load_processed, lockste
 from rlhf_repro.generation import TEMPERATURE_EPS, generate, generate_many
 from rlhf_repro.io import InputError
 from rlhf_repro.lm_head import next_token_logprobs
+from rlhf_repro.lora import LoraArgs, adapters_off, add_adapters, trainable
 from rlhf_repro.ops import forward, next_token_loss, trim_left_padding, trim_right_padding, truncate_response
 from rlhf_repro.reward_model import get_reward
 from rlhf_repro.runs import model_name_of
@@ -182,6 +183,10 @@ class Args(StageArgs):
     """How token log-probs are computed: `fused` runs the LM head on the positions read, straight into the
     log-probs (rlhf_repro/lm_head.py); `obvious` takes the model's logits at every position, log_softmax
     and gather, as the reference does (more memory and time; equal to float rounding)."""
+    lora: LoraArgs = field(default_factory=LoraArgs)
+    """LoRA adapters through peft on the policy and on the critic's backbone (its value head trains in full;
+    rlhf_repro/lora.py); the reference policy is the policy with its adapters off, not a second copy (the
+    paper's "PPO w/ LoRA" series)."""
 
     # --- reward shaping (details 23-25, R-07, R-08, R-13) -----------------------------------------
     non_eos_penalty: bool = True
@@ -466,19 +471,25 @@ def main(args: Args) -> dict:
 
     # --- models (detail 22) ----------------------------------------------------------------------
     policy = load_causal_lm(args.sft_model_path)
-    ref_policy = load_causal_lm(args.sft_model_path).eval().requires_grad_(False)
+    policy_peft = critic_peft = ref_policy = None
+    if args.lora.enabled:  # the reference is the policy with its adapters off: no second copy
+        policy, policy_peft = add_adapters(policy, args.lora)
+    else:
+        ref_policy = load_causal_lm(args.sft_model_path).eval().requires_grad_(False)
     reward_model, text_reward = load_reward_source(args, tokenizer, train, accelerator.device, derived)
     if args.value_init == "reward":
         critic = load_reward_model(args.reward_model_path)
     else:
         critic = ScalarModel.from_sft(load_backbone(args.sft_model_path), source_model=args.sft_model_path)
+    if args.lora.enabled:  # adapters on the critic's backbone; the value head trains in full
+        critic.lm_backbone, critic_peft = add_adapters(critic.lm_backbone, args.lora)
     if args.dropout:
         from rlhf_repro.modeling import set_dropout
 
         set_dropout(policy, args.dropout)
         set_dropout(critic, args.dropout)
     model = PolicyAndValue(policy, critic, args.lm_head)
-    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.eps)
+    optimizer = make_optimizer(args.optimizer, trainable(model), args.lr, args.eps)
     state = stage.restore(model, optimizer)
     start = stage.start_step
     kl_ctl = rl.AdaptiveKLController(args.ppo.kl_coef, args.ppo.kl_target, args.ppo.kl_horizon)
@@ -488,7 +499,10 @@ def main(args: Args) -> dict:
     )
     # The frozen models (R-17): a DeepSpeed inference engine each under DeepSpeed (ZeRO-3 offload with
     # --offload), else moved to the device.
-    ref_policy = prepare_frozen(accelerator, ref_policy, args.local_micro_batch_size, args.offload)
+    if policy_peft is None:
+        ref_policy = prepare_frozen(accelerator, ref_policy, args.local_micro_batch_size, args.offload)
+    else:
+        ref_policy = accelerator.unwrap_model(model).policy  # read with adapters_off(policy_peft)
     if reward_model is not None:
         reward_model = prepare_frozen(accelerator, reward_model, args.local_micro_batch_size, args.offload)
     score_fn = make_scorer(args, reward_model, text_reward, tokenizer, accelerator.device)
@@ -568,14 +582,15 @@ def main(args: Args) -> dict:
                         val_post = truncate_response(sampled[1][0], eos, pad)
                         val_scores = score_fn(val_queries, val_post)
                     query_response = torch.cat((query, response), 1)
-                    ref_logprob, _ = next_token_logprobs(
-                        ref_policy,
-                        query_response,
-                        pad,
-                        start=context_length - 1,
-                        temperature=temperature,
-                        head=args.lm_head,
-                    )
+                    with adapters_off(policy_peft):  # LoRA: the reference is the base (no-op otherwise)
+                        ref_logprob, _ = next_token_logprobs(
+                            ref_policy,
+                            query_response,
+                            pad,
+                            start=context_length - 1,
+                            temperature=temperature,
+                            head=args.lm_head,
+                        )
                     # Response Processing 1. truncate the response after the first EOS (R-06)
                     postprocessed = truncate_response(response, eos, pad)
                     # Critic values: position t reads the state before response token t (detail 22).
@@ -768,7 +783,12 @@ def main(args: Args) -> dict:
 
     # --- save the policy (and the critic) ---------------------------------------------------------
     unwrapped = accelerator.unwrap_model(model)
-    stage.save_model(unwrapped.policy, tokenizer, also={"critic": unwrapped.critic})
+    stage.save_model(
+        unwrapped.policy,
+        tokenizer,
+        also={"critic": unwrapped.critic},
+        adapters={"adapter": policy_peft, "critic_adapter": critic_peft},
+    )
 
     # --- evaluation (R-04, R-05) -------------------------------------------------------------------
     if args.run_eval:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -48,6 +48,7 @@ from rlhf_repro.data import (
     token_batch,
 )
 from rlhf_repro.io import InputError
+from rlhf_repro.lora import LoraArgs, add_adapters, trainable
 from rlhf_repro.ops import trim_right_padding
 from rlhf_repro.pair_eval import evaluate_pairs
 from rlhf_repro.reward_model import get_reward
@@ -96,6 +97,8 @@ class Args(StageArgs):
     would otherwise fill with 1.0 for the reference's YAML (its accelerate 0.25 left it off)."""
     optimizer: Literal["adam", "adamw"] = "adamw"
     """Optimizer; adamw uses PyTorch's default weight decay 0.01."""
+    lora: LoraArgs = field(default_factory=LoraArgs)
+    """LoRA adapters through peft on the RM's backbone; the scalar head trains in full (rlhf_repro/lora.py)."""
     scheduler: str = "cosine"
     """transformers `get_scheduler` name, stepped once per update."""
     warm_up_steps: int = 0
@@ -284,7 +287,10 @@ def main(args: Args) -> dict:
         model = load_reward_model(args.reward_model_path)
     else:
         model = ScalarModel.from_sft(load_backbone(args.sft_model_path), source_model=args.sft_model_path)
-    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.eps)
+    peft_model = None
+    if args.lora.enabled:  # adapters on the backbone; the scalar head trains in full
+        model.lm_backbone, peft_model = add_adapters(model.lm_backbone, args.lora)
+    optimizer = make_optimizer(args.optimizer, trainable(model), args.lr, args.eps)
     scheduler = get_scheduler(
         args.scheduler, optimizer=optimizer, num_warmup_steps=args.warm_up_steps, num_training_steps=num_updates
     )
@@ -396,7 +402,7 @@ def main(args: Args) -> dict:
         )
 
     # --- save (PPO's --reward-model-path) --------------------------------------------------------
-    stage.save_model(model, tokenizer)
+    stage.save_model(model, tokenizer, adapters={"adapter": peft_model})
 
     # --- evaluation (details 16, 17) -------------------------------------------------------------
     # detail 16: accuracy by batch and confidence; detail 17: the same RM on CNN/DM, out of domain.

@@ -38,6 +38,7 @@ from rlhf_repro.data import (
 from rlhf_repro.generation import generate
 from rlhf_repro.io import InputError
 from rlhf_repro.lm_head import next_token_nll
+from rlhf_repro.lora import LoraArgs, add_adapters, trainable
 from rlhf_repro.ops import trim_left_padding, trim_right_padding, truncate_response
 from rlhf_repro.runs import model_name_of
 from rlhf_repro.seeding import derived_seed, local_seed
@@ -115,6 +116,8 @@ class Args(StageArgs):
     """How token log-probs are computed: `fused` runs the LM head on the positions read, straight into the
     log-probs (rlhf_repro/lm_head.py); `obvious` takes the model's logits at every position, log_softmax
     and gather, as the reference does (more memory and time; equal to float rounding)."""
+    lora: LoraArgs = field(default_factory=LoraArgs)
+    """LoRA adapters through peft instead of full fine-tuning (rlhf_repro/lora.py; the paper's "PPO w/ LoRA")."""
     max_eval_samples: int | None = None
     """Evaluate only the first N rows of each split (default: all)."""
     eval_splits: list[str] = field(default_factory=lambda: ["validation", "test"])
@@ -219,6 +222,9 @@ def main(args: Args) -> dict:
 
     # --- model, optimizer, schedule (details 7-9) ---------------------------------------------------
     model = load_causal_lm(args.base_model)  # dropout disabled (detail 7)
+    peft_model = None
+    if args.lora.enabled:  # the same model with adapters inside; only they train
+        model, peft_model = add_adapters(model, args.lora)
     n_embed = model.get_input_embeddings().num_embeddings
     # PAD never reaches the model (it is replaced by 0, detail 6): every other id must have an embedding.
     largest_id = max(i for i in (len(tokenizer) - 1, len(tokenizer) - 2) if i != pad)
@@ -227,7 +233,7 @@ def main(args: Args) -> dict:
             f"tokenizer ids reach {largest_id} but the model embeds only {n_embed} tokens",
             args.tokenizer or args.base_model,
         )
-    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.eps)
+    optimizer = make_optimizer(args.optimizer, trainable(model), args.lr, args.eps)
     scheduler = get_scheduler(
         args.scheduler, optimizer=optimizer, num_warmup_steps=args.warm_up_steps, num_training_steps=num_updates
     )
@@ -318,7 +324,7 @@ def main(args: Args) -> dict:
     summary["final_train_loss"] = loss_value
 
     # --- save (the next stage's --sft-model-path) ----------------------------------------------------
-    stage.save_model(model, tokenizer)
+    stage.save_model(model, tokenizer, adapters={"adapter": peft_model})
 
     # --- evaluation (§4.1, §4.3) -------------------------------------------------------------------
     if args.run_eval:

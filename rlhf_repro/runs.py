@@ -15,6 +15,7 @@ import random
 from pathlib import Path
 
 from rlhf_repro.io import InputError, atomic_write_json, atomic_write_text
+from rlhf_repro.lora import GPT_NEOX_LINEAR
 from rlhf_repro.provenance import is_secret_name, provenance
 
 
@@ -204,7 +205,11 @@ def _read_checkpoint(directory: Path) -> tuple[Path, dict] | None:
 
 # Run-config fields added after checkpoints were first written, with the value that reproduces what runs
 # did before the field existed: an older checkpoint lacking one resumes under that value only.
-FIELDS_ADDED_LATER = {"max_grad_norm": 0.0, "lm_head": "fused"}
+FIELDS_ADDED_LATER = {
+    "max_grad_norm": 0.0,
+    "lm_head": "fused",
+    "lora": {"enabled": False, "rank": 16, "alpha": 32.0, "dropout": 0.0, "target_modules": GPT_NEOX_LINEAR},
+}
 # Run-config fields renamed since (old name -> new): a checkpoint written under the old name resumes.
 FIELDS_RENAMED = {"model_preset": "model_shape"}
 

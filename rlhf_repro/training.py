@@ -8,6 +8,7 @@ The loops themselves stay in the stage scripts.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -273,7 +274,11 @@ class StageRun:
         self.checkpoint_dir = self.folder.checkpoint_dir
         # The config a checkpoint must match to be resumed: every flag but those that cannot change the
         # trained weights (evaluation, progress, tracking), plus the process count.
-        self.config = {k: v for k, v in vars(args).items() if k not in resume_ignored}
+        self.config = {
+            k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+            for k, v in vars(args).items()
+            if k not in resume_ignored
+        }
         self.config |= {"world_size": accelerator.num_processes, **(extra_config or {})}
         self.state: dict | None = None
         self.metrics = None
@@ -380,20 +385,28 @@ class StageRun:
     def model_dir(self) -> Path:
         return self.path / "model"
 
-    def save_model(self, model, tokenizer, also: dict | None = None) -> None:
+    def save_model(self, model, tokenizer, also: dict | None = None, adapters: dict | None = None) -> None:
         """RUN/model (the next stage's input) and RUN/<name> for each of `also` (e.g. PPO's critic), each
-        written whole or not at all, by the main process."""
+        written whole or not at all, by the main process. A model with LoRA adapters inside is saved merged
+        (`lora.merged_state_dict`: a plain model again; the live model keeps its adapters), and `adapters`
+        maps a folder name to a peft model whose adapter alone is saved there in peft's format."""
         from rlhf_repro.io import atomic_directory
+        from rlhf_repro.lora import merged_state_dict, save_adapter
 
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
         if self.main:
-            with atomic_directory(self.model_dir) as tmp:
-                accelerator.unwrap_model(model).save_pretrained(str(tmp))
-                tokenizer.save_pretrained(str(tmp))
-            for name, other in (also or {}).items():
-                with atomic_directory(self.path / name) as tmp:
-                    accelerator.unwrap_model(other).save_pretrained(str(tmp))
+            for name, peft_model in (adapters or {}).items():
+                if peft_model is not None:
+                    save_adapter(peft_model, self.path / name)
+            for directory, m, tok in [(self.model_dir, model, tokenizer)] + [
+                (self.path / name, other, None) for name, other in (also or {}).items()
+            ]:
+                m = accelerator.unwrap_model(m)
+                with atomic_directory(directory) as tmp:
+                    m.save_pretrained(str(tmp), state_dict=merged_state_dict(m))
+                    if tok is not None:
+                        tok.save_pretrained(str(tmp))
         accelerator.wait_for_everyone()
 
     def evaluate_splits(self, splits, step: int, summary: dict, evaluate, table_name, describe=None) -> None:

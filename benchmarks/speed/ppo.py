@@ -126,6 +126,7 @@ def ours_command(work: Path, args, results: Path) -> list[str]:
         "--no-resume",
         "--no-progress",
         "--threads", str(args.threads),
+        *(["--lora.enabled", "--lora.rank", str(args.lora_rank)] if getattr(args, "child_lora", False) else []),
     ]  # fmt: skip
 
 
@@ -332,7 +333,7 @@ def _child_argv(kind: str, work: Path, args) -> list[str]:
 
 CHILD_FLAGS = (
     "model_shape", "batch", "micro_batch", "rollout_forward_batch", "prompt_length", "response_length",
-    "updates", "warmup", "threads", "seed",
+    "updates", "warmup", "threads", "seed", "lora_rank",
 )  # fmt: skip
 
 
@@ -352,7 +353,9 @@ def bench_ppo(args) -> dict:
         out["trl_version"] = version
         if version:
             out["trl"] = _run_child(_child_argv("trl", work, args))
-    for side in ("ours", "trl"):
+        if args.lora:  # ours again with LoRA adapters (the reference policy: the policy, adapters off)
+            out["ours_lora"] = _run_child(_child_argv("ours", work, args) + ["--child-lora"])
+    for side in ("ours", "trl", "ours_lora"):
         if side in out:
             steady(out[side], args.batch, args.warmup)
             out[f"{side}_episodes_per_s"] = round(out[side]["episodes_per_s"], 3)
@@ -412,6 +415,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lengths", type=int, nargs="+", default=[16, 53, 128], help="response lengths of --sweep")
     p.add_argument("--batches", type=int, nargs="+", default=[64, 256, 512], help="rollout batches of --sweep")
     p.add_argument("--json", action="store_true", help="print one JSON object (a list with --sweep)")
+    p.add_argument(
+        "--lora",
+        action="store_true",
+        help="also time ours with LoRA adapters (--lora.enabled): its episodes/s and peak memory beside full PPO",
+    )
+    p.add_argument("--lora-rank", type=int, default=16, help="adapter rank of --lora")
 
 
 def run(args) -> int:
@@ -438,7 +447,7 @@ def run(args) -> int:
         print(json.dumps(out))
         return 0
     print("| PPO | episodes/s | generate s | score s | train s | peak MB |\n|---|---|---|---|---|---|")
-    for side in ("ours", "trl"):
+    for side in ("ours", "trl", "ours_lora"):
         if side in out:
             r = out[side]
             ph = r["phases"]
@@ -461,6 +470,7 @@ def _child_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="benchmarks.speed.ppo")
     p.add_argument("--child", choices=("ours", "trl"), required=True)
     p.add_argument("--work", required=True)
+    p.add_argument("--child-lora", action="store_true")
     add_arguments(p)
     args = p.parse_args(argv)
     fn = child_ours if args.child == "ours" else child_trl
