@@ -35,6 +35,21 @@ import numpy as np
 STAGE_COLORS = {"sft": "tab:gray", "ppo": "tab:blue", "dpo": "tab:orange", "reward": "tab:green"}
 
 
+def trained_with_lora(run: Path) -> bool:
+    """Whether the run trained LoRA adapters (its config.json has lora.enabled)."""
+    try:
+        lora = json.loads((run / "config.json").read_text()).get("lora") or {}
+    except (OSError, json.JSONDecodeError):
+        return False
+    return bool(isinstance(lora, dict) and lora.get("enabled"))
+
+
+def series_label(key: str) -> str:
+    """A win-rate series' legend: "PPO", or "PPO w/ LoRA" as the reference's final plot names it."""
+    stage, _, lora = key.partition("-")
+    return stage.upper() + (" w/ LoRA" if lora else "")
+
+
 def parameter_count(model_dir: Path) -> int | None:
     """Sum of tensor sizes in the safetensors headers of a saved model (None if none found)."""
     total = 0
@@ -71,6 +86,7 @@ def discover(results: Path) -> list[dict]:
                 path=path,
                 summary=data,
                 params=parameter_count(path / "model"),
+                lora=trained_with_lora(path),
             )
         )
     # One x position per model size: the largest saved model of that size (the causal LM; an RM, without
@@ -354,7 +370,14 @@ def build(
             found = overoptimization_plot(plt, group, curves, out, exp, written)
             numbers.setdefault("overoptimization", {})[exp] = found
 
-    judged = [(r, r["path"] / "judged_validation.csv") for r in runs if (r["path"] / "judged_validation.csv").exists()]
+    # LoRA runs are a series of their own in the win-rate figures ("PPO w/ LoRA" in the reference's final
+    # plot), from whichever experiment trained them.
+    lora_runs = [r for r in every if r["lora"] and r not in runs]
+    judged = [
+        (r, r["path"] / "judged_validation.csv")
+        for r in runs + lora_runs
+        if (r["path"] / "judged_validation.csv").exists()
+    ]
     if judged:
         from analysis.cli import verdicts
         from analysis.stats import length_control
@@ -364,11 +387,11 @@ def build(
         per_stage = defaultdict(list)
         for r, path in judged:
             wins, kept, _ = verdicts(read_rows(path), str(path))
-            per_stage[r["stage"]].append((r, path, wins, kept))
+            per_stage[r["stage"] + ("-lora" if r["lora"] else "")].append((r, path, wins, kept))
         for stage, items in sorted(per_stage.items()):
             pts = [(r["params"], float(w.mean())) for r, _, w, _ in items if r["params"] and len(w)]
             if pts:
-                numbers["win_rate"][stage] = scaling_plot(ax, pts, stage.upper(), STAGE_COLORS.get(stage))
+                numbers["win_rate"][stage] = scaling_plot(ax, pts, series_label(stage), STAGE_COLORS.get(stage))
         if baseline:
             ax.axhline(baseline["win_rate"], color="k", ls="--", lw=1, label=baseline.get("label", "baseline"))
         ax.set_ylabel("win rate against the references")
@@ -401,7 +424,7 @@ def build(
                 grid,
                 1 / (1 + np.exp(-(lc["intercept"] + lc["slope"] * grid))),
                 color=STAGE_COLORS.get(stage),
-                label=stage.upper(),
+                label=series_label(stage),
             )
         ax.axvline(0, color="grey", lw=0.5)
         ax.set_xlabel("log(summary length / reference length), characters")

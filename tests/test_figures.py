@@ -87,13 +87,19 @@ def test_figures_regenerates_every_figure_and_the_report_from_run_folders(tmp_pa
             )
             make_run(results, "exp", "ppo", model, seed, hidden, {})
             make_run(results, "exp", "dpo", model, seed, hidden, {"eval/rm/validation/accuracy": 0.58})
+    # An ablation with LoRA (not a headline experiment's run, yet its own win-rate series).
+    for seed in (1, 2):
+        lora = make_run(results, "ppo-lora", "ppo", "large", seed, 32, {})
+        (lora / "config.json").write_text(json.dumps({"lora": {"enabled": True, "rank": 16}}))
     # An unfinished run (no summary.json) is ignored.
     (results / "exp" / "ppo" / "large" / "3").mkdir(parents=True)
     out = tmp_path / "report"
-    r = run_cmd([sys.executable, "-m", "rlhf_repro.cli", "figures", str(results), "--out", str(out)])
+    r = run_cmd(
+        [sys.executable, "-m", "rlhf_repro.cli", "figures", str(results), "--out", str(out), "--headline", "exp"]
+    )
     assert r.returncode == 0, r.stderr
     listed = json.loads(r.stdout)
-    assert listed["runs"] == 16
+    assert listed["runs"] == 18
     expected = {
         "sft_rouge",
         "rm_accuracy",
@@ -102,6 +108,7 @@ def test_figures_regenerates_every_figure_and_the_report_from_run_folders(tmp_pa
         "response_length",
         "eos",
         "ppo_curves_exp",
+        "ppo_curves_ppo-lora",  # PPO curves are per experiment
         "win_rate",
         "length_control",
     }
@@ -115,6 +122,9 @@ def test_figures_regenerates_every_figure_and_the_report_from_run_folders(tmp_pa
     # Every stage of one model size sits at one x: the size's largest model (the policy), RM included.
     for series in ("RM, TL;DR", "RM, CNN/DM", "DPO implicit, TL;DR"):
         assert set(numbers["preference_accuracy"][series]) == {str(small), str(large)}, series
+    # PPO pools the headline experiment's runs only; the LoRA runs are their own series, at their size.
+    assert set(numbers["win_rate"]) == {"sft", "ppo", "dpo", "ppo-lora"}
+    assert set(numbers["win_rate"]["ppo-lora"]) == {str(large)} and numbers["win_rate"]["ppo"][str(large)]["n"] == 2
     assert numbers["no_eos_fraction"]  # 1 in 5 samples lacks an EOS
     assert all(v == pytest.approx(0.2) for v in numbers["no_eos_fraction"].values())
     report = (out / "report.md").read_text()
