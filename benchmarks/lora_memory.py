@@ -79,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", nargs="+", default=["tiny-m", "pythia-14m", "pythia-1b"], help="model shapes")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (the default of --lora.rank)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--dry-run", action="store_true", help="name what would be counted, count nothing")
     args = parser.parse_args(argv)
+    if args.dry_run:
+        print(f"would count PPO's model state, full and with LoRA rank {args.rank}, at: {', '.join(args.shapes)}")
+        return 0
     out = {}
     for name in args.shapes:
         c = counts(name, args.rank)
