@@ -86,3 +86,17 @@ def test_sweep_points_are_the_issue_grid():
         200,
         53,
     )
+
+
+def test_lora_side_runs_our_ppo_with_adapters_at_the_given_rank():
+    from pathlib import Path
+
+    from benchmarks.speed.ppo import _child_argv, add_arguments, ours_command
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    p.add_argument("--child-lora", action="store_true")
+    plain, lora = p.parse_args(["--lora-rank", "8"]), p.parse_args(["--lora-rank", "8", "--child-lora"])
+    assert "--lora.enabled" not in ours_command(Path("w"), plain, Path("r"))
+    assert ours_command(Path("w"), lora, Path("r"))[-3:] == ["--lora.enabled", "--lora.rank", "8"]
+    assert "--lora-rank=8" in _child_argv("ours", Path("w"), plain)  # the child gets the rank
