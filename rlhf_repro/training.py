@@ -257,7 +257,7 @@ class StageRun:
             stage.log({...}, step=update + 1)
             stage.end_update(update + 1, num_updates, model, optimizer, scheduler)
         stage.save_model(model, tokenizer)
-        stage.evaluate_splits(args.eval_splits, num_updates, summary, evaluate_one)
+        stage.evaluate_splits(args.eval_splits, num_updates, summary, evaluate_one, table_name)
         return stage.complete(summary)
 
     It owns the run folder (`RunFolder`: config, provenance, metrics.jsonl, tables, summary.json), the

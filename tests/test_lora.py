@@ -152,3 +152,17 @@ def test_the_memory_count_matches_the_models_and_the_lora_formula():
     full, lora = state_mb(c, False), state_mb(c, True)
     assert full["weights"] == pytest.approx(4 * (2 * c["policy"] + 2 * c["critic"]) / 2**20)
     assert lora["grads_and_adam"] < full["grads_and_adam"] / 5 and lora["weights"] < full["weights"]
+
+
+@pytest.mark.unit
+def test_alpha_dropout_and_target_modules_reach_the_adapters():
+    from peft.tuners.lora import LoraLayer
+
+    inner, peft_model = add_adapters(_model(), LoraArgs(rank=2, alpha=6.0, dropout=0.25, target_modules=("dense",)))
+    layers = {n: m for n, m in inner.named_modules() if isinstance(m, LoraLayer)}
+    # "dense" names the attention output only (not dense_h_to_4h / dense_4h_to_h): one per block
+    assert layers and all(n.endswith("attention.dense") for n in layers)
+    layer = next(iter(layers.values()))
+    assert layer.scaling["default"] == pytest.approx(6.0 / 2)  # alpha / rank
+    assert layer.lora_dropout["default"].p == 0.25
+    assert layer.r["default"] == 2
