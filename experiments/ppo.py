@@ -38,7 +38,7 @@ from rlhf_repro.generation import TEMPERATURE_EPS, generate, generate_many
 from rlhf_repro.io import InputError
 from rlhf_repro.lm_head import next_token_logprobs
 from rlhf_repro.lora import LoraArgs, adapters_off, add_adapters, trainable
-from rlhf_repro.ops import forward, next_token_loss, trim_left_padding, trim_right_padding, truncate_response
+from rlhf_repro.ops import forward, trim_left_padding, truncate_response
 from rlhf_repro.reward_model import get_reward
 from rlhf_repro.runs import model_name_of
 from rlhf_repro.seeding import derived_seed, local_seed
@@ -131,9 +131,6 @@ class Args(StageArgs):
     dropout: float = 0.0
     """Dropout rate of the policy and critic while training (detail 7: 0, disabled). Any other value shows
     why it is disabled: log-probs stop being reproducible and the first epoch's ratio leaves 1."""
-    ptx_coef: float = 0.0
-    """PPO-ptx (InstructGPT, as in ColossalChat): add this x the next-token loss on SFT-train
-    query+reference sequences to every micro-batch's loss (0: off, the paper)."""
 
     # --- optimizer (detail 8, R-12) ------------------------------------------------------------------
     lr: float = 3e-6
@@ -235,7 +232,6 @@ DETAIL_FLAGS = (
     "kl_after_eos",
     "whiten_scope",
     "dropout",
-    "ptx_coef",
     "reward_source",
     "negate_reward",
     "ppo.noptepochs",
@@ -260,9 +256,9 @@ class PolicyAndValue(torch.nn.Module):
         self.critic = critic
         self.lm_head = lm_head
 
-    def forward(self, query_responses, pad: int, context_length: int, temperature: float, ptx_tokens=None, **_):
-        """(new log-probs (B, R), entropy (B, R), values (B, T), PPO-ptx loss or None); the policy's LM head
-        runs on the response positions only and straight into the log-probs (`lm_head`)."""
+    def forward(self, query_responses, pad: int, context_length: int, temperature: float):
+        """(new log-probs (B, R), entropy (B, R), values (B, T)); the policy's LM head runs on the response
+        positions only and straight into the log-probs (`lm_head`)."""
         logprobs, entropy = next_token_logprobs(
             self.policy,
             query_responses,
@@ -273,11 +269,7 @@ class PolicyAndValue(torch.nn.Module):
             head=self.lm_head,
         )
         values = forward(self.critic, query_responses, pad, start=context_length - 1)  # positions C-1..T-1
-        if ptx_tokens is None:
-            return logprobs, entropy, values, None
-        # PPO-ptx: the pretraining-style loss runs inside the same (DDP-wrapped) forward.
-        ptx_logits = forward(self.policy, ptx_tokens, pad).logits
-        return logprobs, entropy, values, next_token_loss(ptx_logits, ptx_tokens, pad)
+        return logprobs, entropy, values
 
 
 def query_rows(order_for_epoch, n: int, update: int, local_batch: int, rank: int, world: int) -> np.ndarray:
@@ -436,7 +428,7 @@ def main(args: Args) -> dict:
     data = load_processed(
         args.query_dataset,
         {
-            s: ("query_token", "reference_response_token", "query_reference_response_token")
+            s: ("query_token", "reference_response_token")
             for s in dict.fromkeys(("train", "validation", *args.eval_splits))
         },
     )
@@ -523,14 +515,6 @@ def main(args: Args) -> dict:
             f"epochs of {len(train)} prompts); {args.ppo.noptepochs} PPO epochs x {args.nminibatches} minibatch(es) "
             f"of {local_mini} x {world} processes" + (f"; resuming from update {start}" if state else "")
         )
-    ptx_seed = derived_seed(seed, 7)  # the PPO-ptx stream: its own shared-seed order over SFT-train rows
-
-    def ptx_rows(update: int, step: int, size: int, rank: int, world: int) -> np.ndarray:
-        steps_per_update = args.ppo.noptepochs * args.nminibatches * accumulation
-        start = ((update * steps_per_update + step) * world + rank) * size
-        order = permutation(len(train), derived_seed(ptx_seed, start // len(train)))
-        return np.array([order[(start + i) % len(train)] for i in range(size)])
-
     all_reduce = (lambda t: accelerator.reduce(t, reduction="sum")) if args.whiten_scope == "global" else None
     temperature = args.temperature + TEMPERATURE_EPS  # of every log-prob (R-01)
     validation_rows = eval_batches(len(data["validation"]), args.local_eval_batch_size, world, rank)[0]
@@ -554,8 +538,7 @@ def main(args: Args) -> dict:
         timer = PhaseTimer("time/ppo/")
 
         with torch.no_grad(), timer("rollout"):
-            # R-05: one validation batch per process, sampled at T=0.01 and scored, every update. It is sampled
-            # together with the first rollout chunk (`generate_many`: one decode loop, each row at its own T).
+            # R-05: one validation batch per process, sampled at T=0.01 and scored, every update.
             (val_queries,) = (
                 t.to(accelerator.device) for t in token_batch(data["validation"], validation_rows, "query_token")
             )
@@ -569,18 +552,28 @@ def main(args: Args) -> dict:
             # fraction of the cost when the batch's longest query is shorter than the budget.
             queries = trim_left_padding(queries, pad)
             context_length = queries.size(1)
+            query_chunks = queries.split(args.local_rollout_forward_batch_size)  # R-18
+            with timer("generate"):
+                # R-02: log-probs of the sampled tokens come from the sampling pass itself. The validation
+                # batch rides in the first chunk's decode loop (`generate_many`, each row at its own T):
+                # `rlhf-repro bench validation` measures what a second decode loop would cost.
+                first, (val_response, _) = generate_many(
+                    unwrapped.policy,
+                    [(query_chunks[0], args.temperature), (val_queries, args.eval_temperature)],
+                    pad,
+                    args.response_length,
+                    args.sampler,
+                )
+                sampled = [first] + [
+                    generate(unwrapped.policy, query, pad, args.response_length, args.temperature, args.sampler)
+                    for query in query_chunks[1:]
+                ]
+            with timer("score"):
+                val_post = truncate_response(val_response, eos, pad)
+                val_scores = score_fn(val_queries, val_post)
             chunks = {k: [] for k in ("responses", "logprobs", "ref_logprobs", "values", "scores", "postprocessed")}
-            for i in range(0, local_batch, args.local_rollout_forward_batch_size):
-                query = queries[i : i + args.local_rollout_forward_batch_size]
-                with timer("generate"):
-                    # R-02: log-probs of the sampled tokens come from the sampling pass itself.
-                    batches = [(query, args.temperature)] + ([(val_queries, args.eval_temperature)] if i == 0 else [])
-                    sampled = generate_many(unwrapped.policy, batches, pad, args.response_length, args.sampler)
-                    response, logprob = sampled[0]
+            for query, (response, logprob) in zip(query_chunks, sampled):
                 with timer("score"):
-                    if i == 0:
-                        val_post = truncate_response(sampled[1][0], eos, pad)
-                        val_scores = score_fn(val_queries, val_post)
                     query_response = torch.cat((query, response), 1)
                     with adapters_off(policy_peft):  # LoRA: the reference is the base (no-op otherwise)
                         ref_logprob, _ = next_token_logprobs(
@@ -656,27 +649,18 @@ def main(args: Args) -> dict:
 
         # --- PPO epochs (R-10, R-11) ---------------------------------------------------------------
         timer.start("train")
-        stats = {
-            k: [] for k in ("approxkl", "pg_clipfrac", "pg_loss", "vf_loss", "vf_clipfrac", "entropy", "ratio", "ptx")
-        }
-        ptx_step = 0
+        stats = {k: [] for k in ("approxkl", "pg_clipfrac", "pg_loss", "vf_loss", "vf_clipfrac", "entropy", "ratio")}
         for _ in range(args.ppo.noptepochs):
             b_inds = np.random.permutation(local_batch)  # a fresh shuffle per epoch (rank-local RNG)
             for mini_start in range(0, local_batch, local_mini):
                 mini_inds = b_inds[mini_start : mini_start + local_mini]
                 for micro_start in range(0, local_mini, args.local_micro_batch_size):
                     mb = torch.as_tensor(mini_inds[micro_start : micro_start + args.local_micro_batch_size])
-                    ptx_tokens = None
-                    if args.ptx_coef:
-                        rows = ptx_rows(update, ptx_step, args.local_micro_batch_size, rank, world)
-                        ptx_step += 1
-                        (ptx_tokens,) = token_batch(train, rows, "query_reference_response_token")
-                        ptx_tokens = trim_right_padding(ptx_tokens, pad).to(accelerator.device)
                     with accelerator.accumulate(model):
                         # The LM head runs on the response positions straight into the new log-probs and the
                         # entropy statistic, with no (B, R, V) tensors allocated (lm_head.py).
-                        new_logprobs, entropy, critic_scores, ptx_loss = model(
-                            query_responses[mb], pad, context_length, temperature, ptx_tokens=ptx_tokens
+                        new_logprobs, entropy, critic_scores = model(
+                            query_responses[mb], pad, context_length, temperature
                         )
                         if not args.kl_after_eos:
                             new_logprobs = torch.masked_fill(new_logprobs, padding_mask[mb], rl.INVALID_LOGPROB)
@@ -688,8 +672,6 @@ def main(args: Args) -> dict:
                             vpred, values[mb], returns[mb], ~padding_mask_p1[mb], args.ppo.cliprange_value
                         )
                         loss = pg_loss + args.ppo.vf_coef * vf_loss
-                        if ptx_loss is not None:
-                            loss = loss + args.ptx_coef * ptx_loss
                         accelerator.backward(loss)
                         clip_gradients(accelerator, model, args.max_grad_norm)
                         optimizer.step()
@@ -703,7 +685,6 @@ def main(args: Args) -> dict:
                             ("vf_clipfrac", vf_stats["clipfrac"]),
                             ("entropy", entropy.mean()),
                             ("ratio", pg_stats["ratio"].mean()),
-                            ("ptx", ptx_loss if ptx_loss is not None else torch.zeros((), device=pg_loss.device)),
                         ):
                             stats[key].append(value.detach().float())
         timer.stop("train")
@@ -742,7 +723,6 @@ def main(args: Args) -> dict:
                 "ppo/loss/policy_avg": mean(torch.stack(stats["pg_loss"])),
                 "ppo/loss/value_avg": mean(torch.stack(stats["vf_loss"])),
                 "ppo/val/clipfrac_avg": mean(torch.stack(stats["vf_clipfrac"])),
-                "ppo/loss/ptx_avg": mean(torch.stack(stats["ptx"])),
                 "ppo/val/ratio": ratios.mean().item(),
                 "ppo/val/ratio_var": ratios.var().item() if ratios.numel() > 1 else 0.0,
                 "ppo/val/num_eos_tokens": mean((responses == eos).sum().float()) * world,
@@ -814,10 +794,18 @@ def main(args: Args) -> dict:
     return stage.complete(summary)
 
 
+# PPO-ptx (InstructGPT's next-token loss on SFT data beside the PPO loss) was here until issue 20: it is not
+# one of the paper's details, and it threaded through Args, the model, the data and the statistics.
+REMOVED_FLAGS = {
+    "--ptx-coef": "PPO-ptx is not one of the paper's details and left ppo.py (docs/flags.md, 'Removed flags'; "
+    "`git log -S ptx_coef` finds its last version)"
+}
+
+
 def cli(argv: list[str] | None = None) -> int:
     from rlhf_repro.cli import run_stage
 
-    return run_stage(Args, main, argv, __doc__)
+    return run_stage(Args, main, argv, __doc__, removed=REMOVED_FLAGS)
 
 
 if __name__ == "__main__":

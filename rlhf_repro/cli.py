@@ -34,12 +34,19 @@ from __future__ import annotations
 import sys
 
 
-def run_stage(args_type, main_fn, argv: list[str] | None, description: str | None) -> int:
-    """Parse a stage's tyro `Args` and run its main; bad input prints one clear line and exits 2."""
+def run_stage(
+    args_type, main_fn, argv: list[str] | None, description: str | None, removed: dict[str, str] | None = None
+) -> int:
+    """Parse a stage's tyro `Args` and run its main; bad input prints one clear line and exits 2, and so
+    does a flag of `removed` (old name -> why it went and what to use instead)."""
     import tyro
 
     from rlhf_repro.io import InputError
 
+    for arg in sys.argv[1:] if argv is None else argv:
+        if (name := arg.partition("=")[0]) in (removed or {}):
+            print(f"error: {name} was removed: {removed[name]}", file=sys.stderr)
+            return 2
     args = tyro.cli(args_type, args=argv, description=description)
     try:
         main_fn(args)

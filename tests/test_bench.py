@@ -47,3 +47,19 @@ def test_bench_steps_json_table_and_help():
     r = cli("bench", "steps", *small, "--repeats", "1", "--threads", "1")
     assert r.returncode == 0 and "| dpo |" in r.stdout and "best of 1" in r.stdout
     assert "--micro-batch" in cli("bench", "steps", "--help").stdout
+
+
+def test_bench_validation_json_table_and_help():
+    small = ["--model-shape", "tiny-s", "--batch", "4", "--eval-batch", "2", "--prompt-length", "8"]
+    r = cli("bench", "validation", *small, "--response-length", "6", "--repeats", "2", "--threads", "1", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    for name in ("chunk_only", "apart", "together"):
+        assert 0 < out[f"{name}_seconds"] <= out[f"{name}_seconds_median"], name
+    assert out["saved_seconds"] == pytest.approx(out["apart_seconds"] - out["together_seconds"], abs=2e-4)
+    assert out["saved_fraction_of_apart"] == pytest.approx(out["saved_seconds"] / out["apart_seconds"], abs=2e-3)
+    assert out["batch"] == 4 and out["eval_batch"] == 2 and out["repeats"] == 2
+    r = cli("bench", "validation", *small, "--response-length", "4", "--repeats", "1")
+    assert r.returncode == 0 and "co-sampling saves" in r.stdout
+    assert "| together: one decode loop (ppo.py) |" in r.stdout
+    assert "--eval-batch" in cli("bench", "validation", "--help").stdout

@@ -192,14 +192,21 @@ def test_score_position_kl_and_value_switches_change_what_they_claim(
     assert sft_critic[0]["ppo/loss/value_avg"] != pytest.approx(base[0]["ppo/loss/value_avg"])
 
 
-def test_schedule_minibatch_adaptive_kl_and_ptx_switches(small_datasets, eos_prone_model, tiny_reward_model, tmp_path):
-    flags = ("--lr-schedule", "constant", "--nminibatches", "2", "--ppo.kl-ctl", "adaptive", "--ptx-coef", "1.0")
+def test_schedule_minibatch_and_adaptive_kl_switches(small_datasets, eos_prone_model, tiny_reward_model, tmp_path):
+    flags = ("--lr-schedule", "constant", "--nminibatches", "2", "--ppo.kl-ctl", "adaptive")
     rows = run_ok(small_datasets, eos_prone_model, tiny_reward_model, tmp_path, *flags)
     assert rows[0]["ppo/lr"] == rows[1]["ppo/lr"] == 1e-3
     assert rows[0]["objective/kl_coef"] == 0.05 and rows[1]["objective/kl_coef"] != 0.05  # steered toward 6
-    assert rows[0]["ppo/loss/ptx_avg"] > 0
+    assert not any(k.startswith("ppo/loss/ptx") for k in rows[0])  # PPO-ptx left in issue 20
     config = json.loads((tmp_path / "t" / "ppo" / "tiny" / "1" / "config.json").read_text())
     assert config["derived"]["local_mini_batch_size"] == 4 and config["derived"]["gradient_accumulation_steps"] == 1
+
+
+def test_the_removed_ptx_flag_exits_2_and_says_why(tmp_path):
+    r = run_cmd([sys.executable, "experiments/ppo.py", "--ptx-coef=1.0", "--sft-model-path", str(tmp_path)])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--ptx-coef was removed" in r.stderr and "docs/flags.md" in r.stderr
+    assert not (tmp_path / "t").exists()
 
 
 def test_ppo_two_processes_with_global_whitening(small_datasets, eos_prone_model, tiny_reward_model, tmp_path):

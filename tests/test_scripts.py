@@ -315,7 +315,6 @@ def test_script_help_documents_every_flag():
             "--ppo.kl-ctl",
             "--value-init",
             "--dropout",
-            "--ptx-coef",
             "--nminibatches",
         ],
     }.items():

@@ -1,4 +1,5 @@
-"""`rlhf-repro bench generate`: rollout sampling speed, our KV-cache sampler against HF `generate`.
+"""`rlhf-repro bench generate`: rollout sampling speed, our KV-cache sampler against HF `generate`;
+`rlhf-repro bench validation`: PPO's per-update validation batch sampled with a rollout chunk or alone.
 
     rlhf-repro bench generate --model-shape pythia-14m --json
     rlhf-repro bench generate --model-shape tiny --batch 64 --prompt-length 200 --response-length 53
@@ -104,6 +105,74 @@ def bench_generate(args) -> dict:
     return out
 
 
+VALIDATION_DOC = """`rlhf-repro bench validation`: what PPO saves by sampling its validation batch with a rollout chunk.
+
+    rlhf-repro bench validation --model-shape pythia-14m --json
+    rlhf-repro bench validation --model-shape tiny-m --batch 32 --eval-batch 16 --prompt-length 120 --response-length 40
+
+PPO samples one validation batch at T = 0.01 every update (R-05). `experiments/ppo.py` draws it in the same
+decode loop as the first rollout chunk (`generation.generate_many`: one prefill and one decode loop, each row
+at its own temperature) instead of a second `generate` call. This times both ways, `--repeats` times each,
+alternately, on a randomly initialized GPT-NeoX of `--model-shape`:
+- apart: `generate(chunk, T=0.7)` then `generate(validation, T=0.01)`;
+- together: `generate_many([(chunk, 0.7), (validation, 0.01)])`.
+The defaults are the paper preset's per-process geometry: a rollout chunk of 64 queries
+(--local-rollout-forward-batch-size), a validation batch of 8 (--local-eval-batch-size), 53 sampled tokens;
+the prompt width is the trimmed width of a typical TL;DR query batch. `saved_fraction_of_rollout` is the
+time saved over the chunk's own sampling time (the cost of the validation batch that co-sampling avoids, as
+a share of the rollout's generation). That the two ways draw from the same distributions is tested in
+tests/test_lm_head_unit.py."""
+
+
+def bench_validation(args) -> dict:
+    import torch
+
+    from rlhf_repro.generation import generate, generate_many
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, config = _model(args.model_shape, args.seed)
+    pad = config.vocab_size - 1
+    g = torch.Generator().manual_seed(args.seed)
+    chunk = torch.randint(2, config.vocab_size - 2, (args.batch, args.prompt_length), generator=g)
+    val = torch.randint(2, config.vocab_size - 2, (args.eval_batch, args.prompt_length), generator=g)
+    n = args.response_length
+    ways = {
+        "chunk_only": lambda: generate(model, chunk, pad, n, args.temperature, "fast", g),
+        "apart": lambda: (
+            generate(model, chunk, pad, n, args.temperature, "fast", g),
+            generate(model, val, pad, n, args.eval_temperature, "fast", g),
+        ),
+        "together": lambda: generate_many(model, [(chunk, args.temperature), (val, args.eval_temperature)], pad, n),
+    }
+    runs = {name: [] for name in ways}
+    with torch.no_grad():
+        for fn in ways.values():
+            fn()  # warm-up
+        for _ in range(args.repeats):
+            for name, fn in ways.items():
+                t0 = time.perf_counter()
+                fn()
+                runs[name].append(time.perf_counter() - t0)
+    best = {name: min(seconds) for name, seconds in runs.items()}
+    out = {
+        "model_shape": args.model_shape,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "batch": args.batch,
+        "eval_batch": args.eval_batch,
+        "prompt_length": args.prompt_length,
+        "response_length": n,
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+        **{f"{name}_seconds": round(s, 4) for name, s in best.items()},
+        **{f"{name}_seconds_median": round(statistics.median(s), 4) for name, s in runs.items()},
+    }
+    out["saved_seconds"] = round(best["apart"] - best["together"], 4)
+    out["saved_fraction_of_apart"] = round(out["saved_seconds"] / best["apart"], 3)
+    out["saved_fraction_of_rollout"] = round(out["saved_seconds"] / best["chunk_only"], 3)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="rlhf-repro bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -119,6 +188,23 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     gen.add_argument("--seed", type=int, default=0, help="seed of the weights, prompts and draws")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
+    val = sub.add_parser(
+        "validation",
+        help="PPO's validation batch: sampled with a rollout chunk vs alone",
+        description=VALIDATION_DOC,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    val.add_argument("--model-shape", choices=(*MODEL_SHAPES, "tiny"), default="pythia-14m")
+    val.add_argument("--batch", type=int, default=64, help="queries of the rollout chunk")
+    val.add_argument("--eval-batch", type=int, default=8, help="queries of the validation batch")
+    val.add_argument("--prompt-length", type=int, default=200, help="tokens per prompt")
+    val.add_argument("--response-length", type=int, default=53, help="tokens sampled per prompt")
+    val.add_argument("--temperature", type=float, default=0.7, help="rollout temperature (R-01)")
+    val.add_argument("--eval-temperature", type=float, default=0.01, help="validation temperature (R-04)")
+    val.add_argument("--repeats", type=int, default=5, help="timed calls per way (after one warm-up)")
+    val.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    val.add_argument("--seed", type=int, default=0, help="seed of the weights, prompts and draws")
+    val.add_argument("--json", action="store_true", help="print one JSON object")
     from benchmarks.speed import ppo as bench_ppo
     from benchmarks.speed import steps as bench_steps
 
@@ -142,6 +228,25 @@ def main(argv: list[str] | None = None) -> int:
         return bench_steps.run(args)
     if args.model_shape == "tiny":
         args.model_shape = "tiny-m"
+    if args.what == "validation":
+        out = bench_validation(args)
+        if args.json:
+            print(json.dumps(out))
+            return 0
+        print("| validation batch | seconds (best) | seconds (median) |\n|---|---|---|")
+        for name, label in (
+            ("chunk_only", "none (the rollout chunk alone)"),
+            ("apart", "apart: a second generate call"),
+            ("together", "together: one decode loop (ppo.py)"),
+        ):
+            print(f"| {label} | {out[f'{name}_seconds']} | {out[f'{name}_seconds_median']} |")
+        print(
+            f"co-sampling saves {out['saved_seconds']} s per update ({out['saved_fraction_of_apart']:.0%} of apart, "
+            f"{out['saved_fraction_of_rollout']:.0%} of the chunk's own sampling; {out['model_shape']}, chunk "
+            f"{out['batch']} + validation {out['eval_batch']}, prompt {out['prompt_length']}, response "
+            f"{out['response_length']}, {out['threads']} threads, best of {out['repeats']})"
+        )
+        return 0
     out = bench_generate(args)
     if args.json:
         print(json.dumps(out))

@@ -153,7 +153,7 @@ def cases(args):
 
     def ppo_ours():
         zero()
-        logp, entropy, values, _ = model(full, pad, prompt, temperature)
+        logp, entropy, values = model(full, pad, prompt, temperature)
         values = values[:, :-1]
         (logp.sum() + 0.1 * values.square().sum()).backward()
         return torch.cat((logp.detach(), entropy, values.detach()), 1)
