@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda a: _call("analysis.claims", "main", a),
         ),
         "bench": (
-            "benchmarks: sampling (generate), PPO vs TRL (ppo), stage micro-steps (steps)",
+            "benchmarks: sampling (generate), validation co-sampling, PPO vs TRL (ppo), micro-steps (steps)",
             lambda a: _call("benchmarks.speed.bench", "main", a),
         ),
         "quickstart": (

@@ -22,6 +22,39 @@ import time
 from pathlib import Path
 
 
+def _joined(values: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in values.items() if v is not None)
+
+
+def summary_lines(summary: dict, claims: list[dict], results: Path) -> list[str]:
+    """The closing summary: one line per measured quantity, and no line for one the run did not measure
+    (no empty `label   ` lines)."""
+    refs = summary.get("reference_gold_score") or {}
+    at_length = summary.get("rm_gold_agreement_at_rollout_length") or {}
+    rows = [
+        ("ROUGE-L (validation)", summary.get("sft_rougeL") is not None
+         and f"base {summary.get('base_rougeL')}  ->  SFT {summary['sft_rougeL']}"),
+        ("RM accuracy", summary.get("rm_accuracy") is not None
+         and f"{summary['rm_accuracy']} (gold labeler ceiling {summary.get('gold_ceiling_accuracy')}; news "
+             f"{summary.get('rm_accuracy_ood')}); DPO implicit {summary.get('dpo_implicit_accuracy')}"),
+        ("RM vs gold on SFT's own", summary.get("rm_gold_agreement_on_policy_samples") is not None
+         and f"{summary['rm_gold_agreement_on_policy_samples']} of sample pairs ordered as gold orders them at 53 "
+             "tokens (chance 0.5)" + "".join(f"; {v} at {k}" for k, v in at_length.items())),
+        ("references' gold score", refs.get("mean") is not None
+         and f"mean {refs['mean']} of 8 ({refs.get('mean_fraction_of_max')}), {refs.get('perfect_share')} perfect; "
+             f"the base model loses to them on {summary.get('base_loses_to_reference_share')} of posts"),
+        ("gold win rate vs refs", _joined(summary.get("gold_win_rate") or {})),
+        ("gold score per summary", _joined(summary.get("gold_score") or {})),
+        ("no-EOS share of rollouts", _joined(summary.get("no_eos_fraction") or {})),
+        ("mean response tokens", _joined(summary.get("mean_response_length") or {})),
+        ("claims", claims and f"{sum(c['passed'] for c in claims)}/{len(claims)} pass (claims.md)"),
+        ("negative controls", summary.get("controls_failing_as_they_must")
+         and f"{summary['controls_failing_as_they_must']} fail as they must (claims.md)"),
+        ("report", f"{results / 'report' / 'report.html'} (figures, claims, ours beside the paper)"),
+    ]  # fmt: skip
+    return ["", "== quickstart summary =="] + [f"{label:24s} {text}" for label, text in rows if text]
+
+
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="rlhf-repro quickstart", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -60,32 +93,8 @@ def cli(argv: list[str] | None = None) -> int:
     results = Path(args.out) / "results"
     summary = json.loads((results / "quickstart" / "summary.json").read_text())
     claims = json.loads((results / "quickstart" / "claims.json").read_text())
-    print("\n== quickstart summary ==")
-    win = summary["gold_win_rate"]
-    print(f"ROUGE-L (validation)     base {summary['base_rougeL']}  ->  SFT {summary['sft_rougeL']}")
-    print(
-        f"RM accuracy              {summary['rm_accuracy']} (gold labeler ceiling {summary['gold_ceiling_accuracy']}; "
-        f"news {summary['rm_accuracy_ood']}); DPO implicit {summary['dpo_implicit_accuracy']}"
-    )
-    print(
-        f"RM vs gold on SFT's own  {summary['rm_gold_agreement_on_policy_samples']} of sample pairs ordered as gold "
-        "orders them at 53 tokens (chance 0.5)"
-        + "".join(f"; {v} at {k}" for k, v in summary.get("rm_gold_agreement_at_rollout_length", {}).items())
-    )
-    refs = summary.get("reference_gold_score", {})
-    print(
-        f"references' gold score   mean {refs.get('mean')} of 8 ({refs.get('mean_fraction_of_max')}), "
-        f"{refs.get('perfect_share')} perfect; the base model loses to them on "
-        f"{summary.get('base_loses_to_reference_share')} of posts"
-    )
-    print("gold win rate vs refs    " + ", ".join(f"{k} {v}" for k, v in win.items()))
-    print("gold score per summary   " + ", ".join(f"{k} {v}" for k, v in summary["gold_score"].items()))
-    print("no-EOS share of rollouts " + ", ".join(f"{k} {v}" for k, v in summary["no_eos_fraction"].items()))
-    print("mean response tokens     " + ", ".join(f"{k} {v}" for k, v in summary["mean_response_length"].items()))
-    print(f"claims                   {sum(c['passed'] for c in claims)}/{len(claims)} pass (claims.md)")
-    if summary.get("controls_failing_as_they_must"):
-        print(f"negative controls        {summary['controls_failing_as_they_must']} fail as they must (claims.md)")
-    print(f"figures                  {results / 'report'}")
+    for line in summary_lines(summary, claims, results):
+        print(line)
     print(f"quickstart finished in {time.time() - t0:.0f} s")
     return 0
 

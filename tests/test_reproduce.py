@@ -410,3 +410,49 @@ def test_claims_ablation_and_out_and_compare_stages(tmp_path):
     r = cli("compare", str(tmp_path), "--stages", "reward", "--out", str(out))
     assert r.returncode == 0
     assert {row["stage"] for row in csv.DictReader(open(out / "compare.csv"))} == {"reward"}
+
+
+def test_stage_progress_reads_the_run_folder_and_extrapolates_an_eta(tmp_path):
+    from rlhf_repro.reproduce.launch import stage_progress
+
+    run = tmp_path / "q" / "sft" / "m" / "1"
+    node = R.Node("q/sft/m/1", "sft", "q", "m", 1, [], run / "summary.json")
+    assert stage_progress(node, 100.0, 130.0) == "q/sft/m/1 30s (loading)"  # no run folder yet
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"derived": {"num_updates": 200}}))
+    assert stage_progress(node, 100.0, 130.0) == "q/sft/m/1 update 0/200, 30s"
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (10, 50)))
+    # 50 of 200 updates in 60 s: 150 more at the same pace take 180 s.
+    assert stage_progress(node, 100.0, 160.0) == "q/sft/m/1 update 50/200 (25%), ETA 3m00s"
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 60, "lo')  # a line being written is not read
+    assert "update 50/200" in stage_progress(node, 100.0, 160.0)
+    figures = R.Node("figures", "figures", None, None, None, [], tmp_path / "x")
+    assert stage_progress(figures, 0.0, 75.0) == "figures 1m15s"
+
+
+def test_local_launcher_prints_live_progress_lines_of_running_stages(tmp_path, capsys):
+    run = tmp_path / "e" / "sft" / "m" / "1"
+    code = (
+        f"import json, pathlib, time; run = pathlib.Path({str(run)!r}); run.mkdir(parents=True); "
+        "(run / 'config.json').write_text(json.dumps({'derived': {'num_updates': 4}})); "
+        "f = open(run / 'metrics.jsonl', 'w')\n"
+        "for s in range(1, 5):\n"
+        "    f.write(json.dumps({'step': s}) + '\\n'); f.flush(); time.sleep(0.4)\n"
+        "(run / 'summary.json').write_text('{}')"
+    )
+    node = R.Node("e/sft/m/1", "sft", "e", "m", 1, [], run / "summary.json")
+    rc = R.run_local([node], {node.key: [sys.executable, "-c", code]}, jobs=2, logs=tmp_path / "logs", stream=False,
+                     progress_every=0.3)  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0, (tmp_path / "logs" / "e__sft__m__1.log").read_text()
+    lines = [line for line in out.splitlines() if line.startswith("[running] e/sft/m/1 update")]
+    assert lines and "ETA" in lines[-1], out  # plain lines when not on a terminal
+    assert "\r" not in out and "\033" not in out
+    assert out.index("[1/1] e/sft/m/1") < out.index("[running]") < out.index("[done] e/sft/m/1")
+    # Off when asked, and when one stage streams to the terminal (it draws its own progress bar).
+    run_again = R.Node("e/sft/m/2", "sft", "e", "m", 2, [], tmp_path / "e2" / "summary.json")
+    code2 = code.replace(str(run), str(tmp_path / "e2"))
+    R.run_local([run_again], {run_again.key: [sys.executable, "-c", code2]}, jobs=2, logs=tmp_path / "logs",
+                stream=False, progress_every=None)  # fmt: skip
+    assert "[running]" not in capsys.readouterr().out

@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb-project", default="rlhf-repro", help="W&B project with --track")
     p.add_argument("--wandb-entity", default=None, help="W&B entity with --track")
     p.add_argument("--quiet", action="store_true", help="local launcher: write stage output to logs/ only")
+    p.add_argument(
+        "--progress-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="local launcher: a line of the running stages (update n/N and ETA) every SECONDS; default 2 on a "
+        "terminal (redrawn in place), 30 otherwise (plain lines); 0: none",
+    )
     p.add_argument("--registry", default=None, help="experiments.toml to read (default: the packaged one)")
     return p
 
@@ -134,6 +142,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t0 = time.time()
     jobs = max(1, args.jobs)
-    rc = run_local(nodes, commands, jobs, logs, stream=not args.quiet, auto_threads=jobs > 1 and not args.threads)
+    every = args.progress_every if args.progress_every is not None else (2.0 if sys.stdout.isatty() else 30.0)
+    rc = run_local(
+        nodes,
+        commands,
+        jobs,
+        logs,
+        stream=not args.quiet,
+        auto_threads=jobs > 1 and not args.threads,
+        progress_every=every or None,
+    )
     print(f"reproduce {args.experiment}: {'failed' if rc else 'finished'} in {time.time() - t0:.0f} s", flush=True)
     return rc

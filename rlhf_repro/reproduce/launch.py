@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -40,18 +41,112 @@ def _local_argv(cmd: list[str]) -> list[str]:
     return cmd
 
 
+def _last_step(metrics: Path) -> int | None:
+    """The `step` of the last complete line of a run's metrics.jsonl (read from its tail), or None."""
+    import json
+
+    try:
+        with open(metrics, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 65536))
+            tail = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in reversed(tail.splitlines()[1:] if size > 65536 else tail.splitlines()):
+        try:
+            step = json.loads(line).get("step")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(step, int):
+            return step
+    return None
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def stage_progress(node: Node, started: float, now: float) -> str:
+    """One running node's state: `update 120/200 (60%), ETA 1m05s` for a training stage whose run folder
+    shows its progress (config.json's derived num_updates, metrics.jsonl's last step), else the time it
+    has run. The ETA extrapolates the updates done so far over the time since the stage started."""
+    import json
+
+    elapsed = now - started
+    run = node.marker.parent if node.training and node.marker is not None else None
+    total = None
+    if run is not None:
+        try:
+            total = json.loads((run / "config.json").read_text())["derived"]["num_updates"]
+        except (OSError, ValueError, KeyError, TypeError):
+            total = None
+    step = _last_step(run / "metrics.jsonl") if run is not None and total else None
+    if not total:
+        return f"{node.key} {_duration(elapsed)}" + (" (loading)" if node.training else "")
+    if not step:
+        return f"{node.key} update 0/{total}, {_duration(elapsed)}"
+    step = min(step, total)
+    eta = elapsed * (total - step) / step
+    return f"{node.key} update {step}/{total} ({step / total:.0%}), ETA {_duration(eta)}"
+
+
+class ProgressLine:
+    """A live line of the running stages, refreshed every `every` seconds. On a terminal it is redrawn in
+    place (and cleared before any other line); elsewhere (a log, CI) a plain `[running] ...` line is
+    printed at most every `every` seconds, so logs keep only plain lines."""
+
+    def __init__(self, every: float | None, tty: bool | None = None):
+        self.every = every
+        self.tty = sys.stdout.isatty() if tty is None else tty
+        self.last = 0.0
+        self.shown = False
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stdout.write("\r\033[K")
+            sys.stdout.flush()
+            self.shown = False
+
+    def update(self, running: dict[str, tuple[Node, float]]) -> None:
+        now = time.time()
+        if not self.every or not running or now - self.last < self.every:
+            return
+        self.last = now
+        text = "; ".join(stage_progress(node, t0, now) for node, t0 in running.values())
+        if self.tty:
+            width = shutil.get_terminal_size((120, 20)).columns
+            self.clear()
+            sys.stdout.write(("[running] " + text)[: width - 1])
+            self.shown = True
+        else:
+            sys.stdout.write(f"[running] {text}\n")
+        sys.stdout.flush()
+
+
 def run_local(
-    nodes: list[Node], commands: dict[str, list[str]], jobs: int, logs: Path, stream: bool, auto_threads: bool = False
+    nodes: list[Node],
+    commands: dict[str, list[str]],
+    jobs: int,
+    logs: Path,
+    stream: bool,
+    auto_threads: bool = False,
+    progress_every: float | None = None,
 ) -> int:
     """Run pending nodes in dependency order, `jobs` at a time; skip done ones; stop scheduling on the
     first failure (running ones finish) and return its exit code. With `auto_threads`, each training
-    process gets the machine's cores divided by the number of processes sharing them at its start."""
+    process gets the machine's cores divided by the number of processes sharing them at its start. With
+    `progress_every` (seconds), a progress line of the running stages (`ProgressLine`)."""
     done = {n.key for n in nodes if n.done()}
     for n in nodes:
         if n.key in done:
             print(f"[skip] {n.key}: {n.marker} exists", flush=True)
     pending = [n for n in nodes if n.key not in done]
     running: dict[str, tuple[subprocess.Popen, float, object]] = {}
+    by_key = {n.key: n for n in nodes}
+    # A stage streaming to this terminal (one job, not quiet) prints its own bar: no line of ours then.
+    progress = ProgressLine(None if (stream and jobs == 1) else progress_every)
     failed = 0
     total, started = len(pending), 0
     logs.mkdir(parents=True, exist_ok=True)
@@ -67,6 +162,7 @@ def run_local(
                 share = max(1, (os.cpu_count() or 1) // max(1, min(jobs, len(running) + 1 + len(ready))))
                 shown += ["--threads", str(share)]
             cmd = _local_argv(shown)
+            progress.clear()
             print(f"[{started}/{total}] {n.key}: {shlex.join(shown)}", flush=True)
             if stream and jobs == 1:
                 proc, fh = subprocess.Popen(cmd), None
@@ -77,11 +173,13 @@ def run_local(
         if not running:
             break
         time.sleep(0.2)
+        progress.update({key: (by_key[key], t0) for key, (_, t0, _) in running.items()})
         for key, (proc, t0, fh) in list(running.items()):
             rc = proc.poll()
             if rc is None:
                 continue
             del running[key]
+            progress.clear()
             if fh:
                 fh.close()
             if rc == 0:
