@@ -502,13 +502,20 @@ def build(
         a1.set_xlabel("share of validation samples without an EOS")
         a1.tick_params(axis="y", labelsize=6)
         rate_axis(a1, "x")
-        for (r, lens, _), label, f in zip(samples, labels, fractions):
+        for (r, _, _), f in zip(samples, fractions):
             numbers["no_eos_fraction"][f"{r['experiment']}/{r['stage']} {r['model']}/{r['seed']}"] = f
-            a2.hist(lens, bins=30, histtype="step", density=True, label=label, color=STAGE_COLORS[r["stage"]])
-        a2.set_xlabel("response tokens")
-        a2.set_ylabel("density")
-        if len(samples) <= 12:
-            a2.legend(fontsize=6)
+        # Lengths pooled per stage, one bin per token count.
+        longest = max((int(lens.max()) for _, lens, _ in samples if len(lens)), default=1)
+        bins = np.arange(0, longest + 2) - 0.5
+        for stage in ("sft", "ppo", "dpo"):
+            pooled = [lens for r, lens, _ in samples if r["stage"] == stage and len(lens)]
+            if pooled:
+                lens = np.concatenate(pooled)
+                a2.hist(lens, bins=bins, histtype="stepfilled", alpha=0.35, density=True,
+                        color=STAGE_COLORS[stage], label=f"{stage.upper()} ({len(lens)} samples)")  # fmt: skip
+        a2.set_xlabel("response tokens (validation samples, pooled over runs)")
+        a2.set_ylabel("share of samples")
+        a2.legend(fontsize=7)
         save(fig, out, "eos", written)
         plt.close(fig)
     else:
@@ -546,7 +553,7 @@ def build(
             if key == "ppo/val/no_eos_fraction":
                 rate_axis(ax)
         axes[0].legend(fontsize=7)
-        fig.suptitle(f"{exp}: PPO training curves", fontsize=10)
+        fig.suptitle(f"{exp}: PPO training curves", fontsize=10, y=1.07)
         save(fig, out, f"ppo_curves_{exp}", written)
         plt.close(fig)
         if gold:

@@ -63,3 +63,58 @@ def test_bench_validation_json_table_and_help():
     assert r.returncode == 0 and "co-sampling saves" in r.stdout
     assert "| together: one decode loop (ppo.py) |" in r.stdout
     assert "--eval-batch" in cli("bench", "validation", "--help").stdout
+
+
+def test_gpu_check_script_on_cpu_tiny_reports_every_stage_its_checks_and_the_projection(tmp_path):
+    """scripts/gpu_check.sh is what one device call runs (issue 23); `--device cpu --tiny` is the same code
+    path at a tiny shape, so it cannot rot while no GPU is lent."""
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.speed.gpu import PAPER_UPDATES, PARAMETERS
+    from tests.conftest import REPO
+
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    r = subprocess.run(["bash", "scripts/gpu_check.sh", "--device", "cpu", "--tiny", "--threads", "1", "--updates",
+                        "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_report.json").read_text())
+    assert "| ppo |" in (tmp_path / "gpu_check.log").read_text()
+    assert report["model_shape"] == "tiny" and report["precision"] == "fp32" and report["ok"]
+    for stage in ("sft", "rm", "dpo", "ppo"):
+        row = report["stages"][stage]
+        assert 0 < row["seconds_per_update"] <= row["seconds_per_update_median"], stage
+        assert row["tokens_per_s"] == pytest.approx(row["tokens_per_update"] / row["seconds_per_update"], rel=0.01)
+        assert row["mfu"] is None and row["peak_memory_mb"] > 0  # no bf16 peak on a CPU
+    phases = report["stages"]["ppo"]["phases_seconds"]
+    assert set(phases) == {"generate", "score", "train"} and all(v > 0 for v in phases.values())
+    assert set(report["checks"]) == {"fused_head", "dpo_step0_rewards", "ppo_first_ratio", "sampler"}
+    assert report["generate"]["ours_tokens_per_s"] > 0 and report["generate"]["hf_generate_tokens_per_s"] > 0
+    # The projection: updates x measured s/update x (parameters / 1B) x (1 + overhead), in hours.
+    project = report["project"]
+    for size, params in PARAMETERS.items():
+        for stage, updates in PAPER_UPDATES.items():
+            s = report["stages"][stage]["seconds_per_update"] * params / PARAMETERS["pythia-1b"] * 1.15
+            assert project["sizes"][size]["hours_per_stage"][stage] == pytest.approx(updates * s / 3600, abs=1e-3)
+        hours = project["sizes"][size]["hours_per_seed"]
+        assert project["sizes"][size]["gpu_hours_per_seed"] == pytest.approx(8 * hours, abs=0.01)
+    assert "all-reduce" in project["method"]
+    assert "--peak-tflops" in cli("bench", "gpu", "--help").stdout
+
+
+def test_gpu_checks_have_teeth(monkeypatch):
+    """A sampler that ignores the logits fails the on-device distribution check."""
+    import torch
+
+    from benchmarks.speed import gpu
+    from rlhf_repro import generation
+
+    assert gpu.sampler_check(torch.device("cpu"), 0)["ok"]
+
+    def uniform(logits, temperature, generator=None, scratch=None):
+        rows, vocab = logits.shape
+        return torch.randint(0, vocab, (rows,), generator=generator), torch.zeros(rows)
+
+    monkeypatch.setattr(generation, "_sample", uniform)
+    assert not gpu.sampler_check(torch.device("cpu"), 0)["ok"]

@@ -100,6 +100,49 @@ def test_quickstart_default(quickstart):
     assert "quickstart/claims" in r.stdout
 
 
+# Strict tolerance of the comparison with results/reference: the same torch build dispatching to the same
+# vector ISA gives bitwise-equal numbers for the same seed (the determinism tests), so a relative 1e-6
+# only absorbs the last digit of a JSON float. On another ISA (AVX2 vs AVX512 kernels round matmuls
+# differently, and a sampled token that flips changes every later number), per-update equality cannot
+# hold; there the summary's rates must agree within LOOSE_ABS (about 3 standard errors of a 300-sample
+# win rate), which still catches a change that moves a result.
+STRICT_REL, STRICT_ABS = 1e-6, 1e-9
+LOOSE_ABS = 0.08
+REFERENCE_RUNS = [f"quickstart/{stage}/tiny-m/1" for stage in ("sft", "reward", "ppo", "dpo")]
+REFERENCE_RUNS.append("quickstart-no-eos-trick/ppo/tiny-m/1")
+
+
+def test_quickstart_equals_the_committed_reference_results(quickstart):
+    """results/reference holds the seed-1 quickstart of the commit that refreshed it: this run must equal
+    it metric by metric and update by update, so a change that moves a number refreshes the reference in
+    the same commit (`python scripts/refresh_reference.py --source OUT --experiments quickstart
+    quickstart-no-eos-trick`), and stale reference results cannot hide."""
+    import sys
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from refresh_reference import compare, machine
+
+    reference = REPO / "results" / "reference"
+    recorded = json.loads((reference / "index.json").read_text())["machine"]
+    if machine() == recorded:
+        diffs = compare(reference, quickstart / "results", REFERENCE_RUNS, STRICT_REL, STRICT_ABS)
+        assert not diffs, "\n".join(diffs[:40])
+    else:
+        print(f"reference made on {recorded}, this machine is {machine()}: summary rates within {LOOSE_ABS}")
+    ours = json.loads((quickstart / "results" / "quickstart" / "summary.json").read_text())
+    theirs = json.loads((reference / "quickstart" / "summary_seed1.json").read_text())
+    for key in ("gold_win_rate", "no_eos_fraction"):
+        for name, value in theirs[key].items():
+            assert abs(ours[key][name] - value) <= LOOSE_ABS, (key, name, ours[key][name], value)
+    for key in ("rm_accuracy", "dpo_implicit_accuracy", "rm_gold_agreement_on_policy_samples"):
+        assert abs(ours[key] - theirs[key]) <= LOOSE_ABS, (key, ours[key], theirs[key])
+    claims = json.loads((quickstart / "results" / "quickstart" / "claims.json").read_text())
+    committed = json.loads((reference / "quickstart" / "claims_seed1.json").read_text())
+    assert [c["passed"] for c in claims] == [c["passed"] for c in committed]
+
+
 def test_quickstart_controls_fail_as_they_must(quickstart):
     """Each negative control breaks the mechanism of one claim (a negated reward, a frozen policy, no EOS
     trick in either arm); the claim's check must FAIL on it, or the claim proves nothing."""

@@ -203,3 +203,27 @@ def test_refresh_reference_keeps_small_files_only_and_refuses_another_world(tmp_
     assert r.returncode == 0, r.stderr[-2000:]
     assert (dest / "exp" / "claims_seed1.json").exists()
     assert "Claims of `exp` (seed 1)" in (dest / "report" / "report.md").read_text()
+
+
+def test_the_committed_reference_results_regenerate_their_numbers(tmp_path):
+    """`rlhf-repro figures results/reference` on a clean checkout draws every figure from the committed run
+    folders alone and writes numbers.json equal to the committed one (a change to the figures' numbers, or
+    to the reference runs, must commit both)."""
+    committed = json.loads((REFERENCE / "report" / "numbers.json").read_text())
+    r = run_cmd([sys.executable, "-m", "rlhf_repro.cli", "figures", str(REFERENCE), "--out", str(tmp_path)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    fresh = json.loads((tmp_path / "numbers.json").read_text())
+    assert fresh == committed
+    assert not fresh["not_drawn"], fresh["not_drawn"]  # every figure the suite can draw
+    for name in fresh["figures"]:
+        assert (tmp_path / name).stat().st_size > 0 and (REFERENCE / "report" / name).is_file(), name
+    # Each reference run names the commit that produced it, and holds no weights.
+    index = json.loads((REFERENCE / "index.json").read_text())
+    assert all(len(run["commit"] or "") == 40 for run in index["runs"].values())
+    assert not [p for p in REFERENCE.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt")]
+    # The README shows the headline figure and table from it.
+    readme = (REPO / "README.md").read_text()
+    assert "results/reference/report/win_rate.png" in readme and "| paper 6.9B |" in readme
+    report = (REFERENCE / "report" / "report.md").read_text().splitlines()
+    shown = [line for line in readme.splitlines() if line.startswith("| ") and ("paper" in line or "± " in line)]
+    assert len(shown) >= 5 and all(line in report for line in shown), [x for x in shown if x not in report]

@@ -205,10 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     val.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     val.add_argument("--seed", type=int, default=0, help="seed of the weights, prompts and draws")
     val.add_argument("--json", action="store_true", help="print one JSON object")
+    from benchmarks.speed import gpu as bench_gpu
     from benchmarks.speed import ppo as bench_ppo
     from benchmarks.speed import steps as bench_steps
 
     for name, module, help_ in (
+        ("gpu", bench_gpu, "the four stages at Pythia-1B shape on a GPU: s/update, memory, MFU, checks"),
         ("ppo", bench_ppo, "PPO episodes/s: ours vs TRL's PPO trainer; --sweep: time per update vs length and batch"),
         (
             "steps",
@@ -222,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     args = p.parse_args(argv)
+    if args.what == "gpu":
+        return bench_gpu.run(args)
     if args.what == "ppo":
         return bench_ppo.run(args)
     if args.what == "steps":
