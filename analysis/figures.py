@@ -337,6 +337,18 @@ def paper_plot(ax, rows: list[dict], label: str, color=None, marker: str = "s") 
     ax.set_title(PAPER_TITLE, fontsize=9)
 
 
+def paper_stages(ax, paper: list[dict], quantity: str, per_stage: dict[str, list[dict]]) -> None:
+    """The paper's series of each stage, and OpenAI's released 1.3B PPO checkpoint as a line."""
+    from analysis.paper import rows_of
+
+    for stage, rows in per_stage.items():
+        if rows:
+            paper_plot(ax, rows, f"{stage.upper()} (paper)", STAGE_COLORS[stage])
+    openai = rows_of(paper, quantity, "openai-1.3b-ppo")
+    if openai:
+        ax.axhline(openai[0]["value"], color="k", ls=":", lw=1, label="OpenAI 1.3B PPO")
+
+
 def build(
     results: Path,
     out: Path,
@@ -482,12 +494,7 @@ def build(
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
         if pax is not None:
-            for stage, rows in paper_len.items():
-                if rows:
-                    paper_plot(pax, rows, f"{stage.upper()} (paper)", STAGE_COLORS[stage])
-            openai = rows_of(paper, "response_tokens", "openai-1.3b-ppo")
-            if openai:
-                pax.axhline(openai[0]["value"], color="k", ls=":", lw=1, label="OpenAI 1.3B PPO")
+            paper_stages(pax, paper, "response_tokens", paper_len)
             pax.set_ylabel("mean response tokens")
             pax.set_ylim(bottom=0)
             pax.legend(fontsize=7, loc="lower right")
@@ -593,12 +600,7 @@ def build(
         ax.legend(fontsize=8)
         rate_axis(ax)
         if pax is not None:
-            for stage, rows in paper_win.items():
-                if rows:
-                    paper_plot(pax, rows, f"{stage.upper()} (paper)", STAGE_COLORS[stage])
-            openai = rows_of(paper, "win_rate", "openai-1.3b-ppo")
-            if openai:
-                pax.axhline(openai[0]["value"], color="k", ls=":", lw=1, label="OpenAI 1.3B PPO")
+            paper_stages(pax, paper, "win_rate", paper_win)
             pax.axhline(0.5, color="grey", lw=0.5, ls=":")
             pax.set_ylabel("win rate against the references (GPT-3.5 judge)")
             pax.legend(fontsize=7, loc="lower right")
@@ -712,8 +714,11 @@ def _run(args) -> int:
             defaults = loads_strict(decode_utf8(path.read_bytes(), path))
         except ValueError as e:
             raise InputError(f"not valid JSON ({e})", path) from None
-        if not isinstance(defaults, dict) or not all(isinstance(h, str) for h in defaults.get("headline", [])):
-            raise InputError('expected {"headline": [experiment, ...], "world": "folder"}', path)
+        headline_ok = isinstance(defaults, dict) and isinstance(defaults.get("headline", []), list)
+        if not headline_ok or not all(isinstance(h, str) for h in defaults.get("headline", [])):
+            raise InputError('expected {"headline": [experiment, ...], "world": "folder"}', path, field="headline")
+        if not isinstance(defaults.get("world", ""), str):
+            raise InputError("expected the world folder's path as text, relative to this folder", path, field="world")
     world = Path(args.world) if args.world else (results / defaults["world"] if defaults.get("world") else None)
     headline = args.headline or defaults.get("headline") or None
     if world is not None and not (world / "world.json").is_file():

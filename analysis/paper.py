@@ -50,6 +50,10 @@ def load(path: str | os.PathLike | None = None) -> list[dict]:
             if not math.isfinite(number):
                 raise InputError(f"{text!r} is not a finite number", path, line, column)
             row[column] = int(number) if column == "parameters" else number
+        low = row["low"] if row["low"] is not None else row["value"]
+        high = row["high"] if row["high"] is not None else row["value"]
+        if not low <= row["value"] <= high:
+            raise InputError(f"value {row['value']} lies outside its range [{low}, {high}]", path, line, "value")
         if row["evidence"] not in ("S", "F"):
             raise InputError(f"{row['evidence']!r}: expected S (paper text) or F (read off a figure)", path, line,
                              "evidence")  # fmt: skip

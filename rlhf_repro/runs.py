@@ -212,6 +212,9 @@ FIELDS_ADDED_LATER = {
 }
 # Run-config fields renamed since (old name -> new): a checkpoint written under the old name resumes.
 FIELDS_RENAMED = {"model_preset": "model_shape"}
+# Run-config fields removed since, with the value that behaves as the code without them does: a checkpoint
+# that holds one at that value resumes; at any other value it ran a feature that is gone, and is refused.
+FIELDS_REMOVED = {"ptx_coef": 0.0}  # PPO-ptx (issue 20; docs/flags.md, "Removed flags")
 
 
 def load_checkpoint(
@@ -228,6 +231,7 @@ def load_checkpoint(
     saved = state.get("config")
     if saved is not None:
         saved = {FIELDS_RENAMED.get(k, k): v for k, v in saved.items()}
+        saved = {k: v for k, v in saved.items() if not (k in FIELDS_REMOVED and v == FIELDS_REMOVED[k])}
     if config is not None and saved is not None:
         # A checkpoint from before a flag existed ran with the behaviour its default keeps.
         saved = {**{k: v for k, v in FIELDS_ADDED_LATER.items() if k in config}, **saved}

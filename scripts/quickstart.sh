@@ -49,8 +49,8 @@ rlhf-repro ppo --sft-model-path $OUT/results/quickstart/sft/tiny-m/1/model --que
 # quickstart-no-eos-trick/judge-ppo/tiny-m/1 (after quickstart-no-eos-trick/ppo/tiny-m/1)
 rlhf-repro judge --input $OUT/results/quickstart-no-eos-trick/ppo/tiny-m/1/query_responses_validation.csv --out $OUT/results/quickstart-no-eos-trick/ppo/tiny-m/1/judged_validation.csv --backend gold --world $OUT/world --no-progress
 
-# figures (after quickstart/sft/tiny-m/1, quickstart/reward/tiny-m/1, quickstart/ppo/tiny-m/1, quickstart/dpo/tiny-m/1, quickstart/rm-agreement/tiny-m/1, quickstart/judge-sft/tiny-m/1, quickstart/judge-ppo/tiny-m/1, quickstart/judge-dpo/tiny-m/1, quickstart/judge-base/tiny-m/1, quickstart-no-eos-trick/ppo/tiny-m/1, quickstart-no-eos-trick/judge-ppo/tiny-m/1)
-rlhf-repro figures $OUT/results --world $OUT/world --headline quickstart
-
-# quickstart/claims (after quickstart/sft/tiny-m/1, quickstart/reward/tiny-m/1, quickstart/ppo/tiny-m/1, quickstart/dpo/tiny-m/1, quickstart/rm-agreement/tiny-m/1, quickstart/judge-sft/tiny-m/1, quickstart/judge-ppo/tiny-m/1, quickstart/judge-dpo/tiny-m/1, quickstart/judge-base/tiny-m/1, quickstart-no-eos-trick/ppo/tiny-m/1, quickstart-no-eos-trick/judge-ppo/tiny-m/1, figures)
+# quickstart/claims (after quickstart/sft/tiny-m/1, quickstart/reward/tiny-m/1, quickstart/ppo/tiny-m/1, quickstart/dpo/tiny-m/1, quickstart/rm-agreement/tiny-m/1, quickstart/judge-sft/tiny-m/1, quickstart/judge-ppo/tiny-m/1, quickstart/judge-dpo/tiny-m/1, quickstart/judge-base/tiny-m/1, quickstart-no-eos-trick/ppo/tiny-m/1, quickstart-no-eos-trick/judge-ppo/tiny-m/1)
 rlhf-repro claims $OUT/results --experiment quickstart --world $OUT/world
+
+# figures (after quickstart/sft/tiny-m/1, quickstart/reward/tiny-m/1, quickstart/ppo/tiny-m/1, quickstart/dpo/tiny-m/1, quickstart/rm-agreement/tiny-m/1, quickstart/judge-sft/tiny-m/1, quickstart/judge-ppo/tiny-m/1, quickstart/judge-dpo/tiny-m/1, quickstart/judge-base/tiny-m/1, quickstart-no-eos-trick/ppo/tiny-m/1, quickstart-no-eos-trick/judge-ppo/tiny-m/1, quickstart/claims)
+rlhf-repro figures $OUT/results --world $OUT/world --headline quickstart

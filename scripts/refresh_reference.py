@@ -2,6 +2,7 @@
 
     python scripts/refresh_reference.py --source runs/quickstart --experiments quickstart quickstart-no-eos-trick
     python scripts/refresh_reference.py --source runs/tiny-scaling --experiments tiny-scaling --headline tiny-scaling
+    python scripts/refresh_reference.py --rerun runs/reference      # every reference run, then the refresh
 
 SOURCE is a `rlhf-repro quickstart` / `reproduce` output folder (SOURCE/results/, SOURCE/world/). For every
 finished run folder SOURCE/results/<experiment>/<stage>/<model>/<seed>/ of the named experiments, this
@@ -134,14 +135,54 @@ def copy_run(src: Path, dst: Path) -> dict:
     return {"commit": git.get("sha"), "dirty": git.get("dirty"), "parameters": params}
 
 
+# Every reference run, as (output folder under --rerun, the command that makes it, experiments to copy).
+# The quickstart seeds write one folder each (their claims are per seed); the over-optimization and LoRA
+# runs reuse seed 1's SFT and RM.
+RERUN = [
+    ("quickstart-seed1", ["quickstart", "--seed", "1"], ["quickstart", "quickstart-no-eos-trick"]),
+    ("quickstart-seed1", ["reproduce", "overoptimization", "--jobs", "2"], ["overoptimization"]),
+    ("quickstart-seed1", ["reproduce", "quickstart-ppo-lora", "--jobs", "2"], ["quickstart-ppo-lora"]),
+    ("quickstart-seed2", ["quickstart", "--seed", "2"], ["quickstart", "quickstart-no-eos-trick"]),
+    ("quickstart-seed3", ["quickstart", "--seed", "3"], ["quickstart", "quickstart-no-eos-trick"]),
+    ("tiny-scaling", ["reproduce", "tiny-scaling", "--jobs", "2"], ["tiny-scaling"]),
+]
+
+
+def rerun(out: Path, dest: Path, dry_run: bool) -> int:
+    """Run every reference experiment (RERUN) under `out`, then refresh `dest` from each: the one command
+    after a change to the world or a stage (about two and a half hours on 2 CPU cores: three quickstarts,
+    tiny-scaling about an hour, over-optimization about 15 minutes). Finished stages are skipped on a rerun."""
+    import shlex
+    import subprocess
+
+    for folder, command, experiments in RERUN:
+        cmd = [sys.executable, "-m", "rlhf_repro.cli", *command, "--out", str(out / folder)]
+        copy = [sys.executable, __file__, "--source", str(out / folder), "--dest", str(dest), "--no-figures",
+                "--experiments", *experiments]  # fmt: skip
+        print("rlhf-repro " + shlex.join(cmd[3:]), flush=True)
+        if not dry_run and (subprocess.run(cmd).returncode or subprocess.run(copy).returncode):
+            return 1
+    config = dest / "figures.json"
+    if not dry_run:
+        config.write_text(json.dumps({**json.loads(config.read_text()), "headline": ["tiny-scaling"]}, indent=1) + "\n")
+        return draw(dest)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", required=True, help="a quickstart / reproduce --out folder (holds results/, world/)")
-    p.add_argument("--experiments", nargs="+", required=True, help="experiments whose run folders are copied")
+    p.add_argument("--source", help="a quickstart / reproduce --out folder (holds results/, world/)")
+    p.add_argument("--experiments", nargs="+", help="experiments whose run folders are copied")
+    p.add_argument("--rerun", metavar="OUT", help="run every reference experiment under OUT, then refresh from each")
+    p.add_argument("--dry-run", action="store_true", help="with --rerun: print the commands only")
     p.add_argument("--dest", default=str(REPO / "results" / "reference"), help="default: results/reference")
     p.add_argument("--headline", nargs="+", default=None, help="the headline experiments of DEST's figures")
     p.add_argument("--no-figures", action="store_true", help="copy only; do not regenerate DEST/report/")
     args = p.parse_args(argv)
+    if args.rerun:
+        return rerun(Path(args.rerun), Path(args.dest), args.dry_run)
+    if not args.source or not args.experiments:
+        p.error("give --source and --experiments (or --rerun OUT)")
     source, dest = Path(args.source), Path(args.dest)
     results = source / "results"
     if not results.is_dir():
@@ -158,26 +199,28 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         world_dst.parent.mkdir(exist_ok=True)
         shutil.copy2(world_src, world_dst)
-    copied = 0
-    for experiment in args.experiments:
+    plan = {}
+    for experiment in args.experiments:  # everything is checked before anything in DEST is replaced
         runs = sorted(p.parent for p in (results / experiment).glob("*/*/*/summary.json"))
         if not runs:
             print(f"error: {results / experiment}: no finished run folder", file=sys.stderr)
             return 2
-        seeds = set()
+        seeds = {run.name for run in runs}
+        shared = [name for name in EXPERIMENT_FILES if (results / experiment / name).is_file()]
+        if shared and len(seeds) != 1:
+            print(f"error: {results / experiment / shared[0]}: whose seed? its runs have seeds {sorted(seeds)} "
+                  "(a quickstart's --out holds one seed)", file=sys.stderr)  # fmt: skip
+            return 2
+        plan[experiment] = (runs, seeds, shared)
+    copied = 0
+    for experiment, (runs, seeds, shared) in plan.items():
         for run in runs:
             key = str(run.relative_to(results))
             index["runs"][key] = copy_run(run, dest / key)
-            seeds.add(run.name)
             copied += 1
-        for name in EXPERIMENT_FILES:
-            if (results / experiment / name).is_file():
-                if len(seeds) != 1:
-                    print(f"error: {results / experiment / name}: whose seed? its runs have seeds {sorted(seeds)} "
-                          "(a quickstart's --out holds one seed)", file=sys.stderr)  # fmt: skip
-                    return 2
-                stem, _, ext = name.partition(".")
-                shutil.copy2(results / experiment / name, dest / experiment / f"{stem}_seed{min(seeds)}.{ext}")
+        for name in shared:
+            stem, _, ext = name.partition(".")
+            shutil.copy2(results / experiment / name, dest / experiment / f"{stem}_seed{min(seeds)}.{ext}")
     index["runs"] = dict(sorted(index["runs"].items()))
     index["machine"] = machine()  # of the refresh, which ran the runs (tests compare strictly only on its ISA)
     index_path.write_text(json.dumps(index, indent=1) + "\n")
@@ -191,9 +234,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{copied} run folders -> {dest}")
     if args.no_figures:
         return 0
+    return draw(dest)
+
+
+def draw(dest: Path) -> int:
+    """`rlhf-repro figures DEST`, named relative to the working directory when DEST is below it, so that the
+    report's "regenerate with" line holds no machine's absolute path."""
+    import os
+
     from analysis.figures import main as figures
 
-    return figures([str(dest)])
+    name = os.path.relpath(dest) if dest.resolve().is_relative_to(Path.cwd().resolve()) else str(dest)
+    return figures([name])
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def test_gpu_check_script_on_cpu_tiny_reports_every_stage_its_checks_and_the_pro
     import subprocess
     import sys
 
-    from benchmarks.speed.gpu import PAPER_UPDATES, PARAMETERS
+    from benchmarks.speed.gpu import COUNTED, PAPER_UPDATES
     from tests.conftest import REPO
 
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
@@ -93,9 +93,9 @@ def test_gpu_check_script_on_cpu_tiny_reports_every_stage_its_checks_and_the_pro
     assert report["generate"]["ours_tokens_per_s"] > 0 and report["generate"]["hf_generate_tokens_per_s"] > 0
     # The projection: updates x measured s/update x (parameters / 1B) x (1 + overhead), in hours.
     project = report["project"]
-    for size, params in PARAMETERS.items():
+    for size, params in COUNTED.items():
         for stage, updates in PAPER_UPDATES.items():
-            s = report["stages"][stage]["seconds_per_update"] * params / PARAMETERS["pythia-1b"] * 1.15
+            s = report["stages"][stage]["seconds_per_update"] * params / COUNTED["pythia-1b"] * 1.15
             assert project["sizes"][size]["hours_per_stage"][stage] == pytest.approx(updates * s / 3600, abs=1e-3)
         hours = project["sizes"][size]["hours_per_seed"]
         assert project["sizes"][size]["gpu_hours_per_seed"] == pytest.approx(8 * hours, abs=0.01)

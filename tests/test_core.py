@@ -228,3 +228,16 @@ def test_a_checkpoint_written_under_a_renamed_field_resumes(tmp_path):
     assert state["step"] == 3
     with pytest.raises(InputError, match="different config"):
         load_checkpoint(tmp_path, torch.nn.Linear(2, 2), config={"model_shape": "tiny-s", "lr": 1e-3})
+
+
+def test_a_checkpoint_holding_a_removed_field_resumes_only_at_its_neutral_value(tmp_path):
+    """PPO-ptx left ppo.py (issue 20): a checkpoint written with ptx_coef 0 (off) resumes; one that trained
+    with it on is refused, since the code that would continue that run is gone."""
+    import torch
+
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(tmp_path / "off", 3, model, config={"ptx_coef": 0.0, "lr": 1e-3})
+    assert load_checkpoint(tmp_path / "off", torch.nn.Linear(2, 2), config={"lr": 1e-3})["step"] == 3
+    save_checkpoint(tmp_path / "on", 3, model, config={"ptx_coef": 0.5, "lr": 1e-3})
+    with pytest.raises(InputError, match=r"different config \(fields \['ptx_coef'\]\)"):
+        load_checkpoint(tmp_path / "on", torch.nn.Linear(2, 2), config={"lr": 1e-3})

@@ -43,18 +43,25 @@ def _model(shape: str, seed: int):
     return model, config
 
 
+def _setup(args, *rows: int):
+    """The model, its PAD id, a generator, and one batch of random prompts per entry of `rows`."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, config = _model(args.model_shape, args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+    prompts = [torch.randint(2, config.vocab_size - 2, (n, args.prompt_length), generator=g) for n in rows]
+    return model, config, config.vocab_size - 1, g, prompts
+
+
 def bench_generate(args) -> dict:
     import torch
     from transformers import GenerationConfig
 
     from rlhf_repro.generation import TEMPERATURE_EPS, generate
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, config = _model(args.model_shape, args.seed)
-    pad = config.vocab_size - 1
-    g = torch.Generator().manual_seed(args.seed)
-    queries = torch.randint(2, config.vocab_size - 2, (args.batch, args.prompt_length), generator=g)
+    model, config, pad, g, (queries,) = _setup(args, args.batch)
     hf_config = GenerationConfig(
         max_new_tokens=args.response_length,
         min_new_tokens=args.response_length,
@@ -129,13 +136,7 @@ def bench_validation(args) -> dict:
 
     from rlhf_repro.generation import generate, generate_many
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, config = _model(args.model_shape, args.seed)
-    pad = config.vocab_size - 1
-    g = torch.Generator().manual_seed(args.seed)
-    chunk = torch.randint(2, config.vocab_size - 2, (args.batch, args.prompt_length), generator=g)
-    val = torch.randint(2, config.vocab_size - 2, (args.eval_batch, args.prompt_length), generator=g)
+    model, config, pad, g, (chunk, val) = _setup(args, args.batch, args.eval_batch)
     n = args.response_length
     ways = {
         "chunk_only": lambda: generate(model, chunk, pad, n, args.temperature, "fast", g),
@@ -143,7 +144,9 @@ def bench_validation(args) -> dict:
             generate(model, chunk, pad, n, args.temperature, "fast", g),
             generate(model, val, pad, n, args.eval_temperature, "fast", g),
         ),
-        "together": lambda: generate_many(model, [(chunk, args.temperature), (val, args.eval_temperature)], pad, n),
+        "together": lambda: generate_many(
+            model, [(chunk, args.temperature), (val, args.eval_temperature)], pad, n, "fast", g
+        ),
     }
     runs = {name: [] for name in ways}
     with torch.no_grad():
@@ -173,6 +176,13 @@ def bench_validation(args) -> dict:
     return out
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: at least 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="rlhf-repro bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -184,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--prompt-length", type=int, default=200, help="tokens per prompt")
     gen.add_argument("--response-length", type=int, default=53, help="tokens sampled per prompt")
     gen.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (R-01)")
-    gen.add_argument("--repeats", type=int, default=5, help="timed calls per sampler (after one warm-up)")
+    gen.add_argument("--repeats", type=_positive, default=5, help="timed calls per sampler (after one warm-up)")
     gen.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     gen.add_argument("--seed", type=int, default=0, help="seed of the weights, prompts and draws")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
@@ -201,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     val.add_argument("--response-length", type=int, default=53, help="tokens sampled per prompt")
     val.add_argument("--temperature", type=float, default=0.7, help="rollout temperature (R-01)")
     val.add_argument("--eval-temperature", type=float, default=0.01, help="validation temperature (R-04)")
-    val.add_argument("--repeats", type=int, default=5, help="timed calls per way (after one warm-up)")
+    val.add_argument("--repeats", type=_positive, default=5, help="timed calls per way (after one warm-up)")
     val.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     val.add_argument("--seed", type=int, default=0, help="seed of the weights, prompts and draws")
     val.add_argument("--json", action="store_true", help="print one JSON object")

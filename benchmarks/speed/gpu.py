@@ -67,6 +67,8 @@ GPU_SHAPES = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256),
 }
 PARAMETERS = {"pythia-1b": 1_011_781_632, "pythia-2.8b": 2_775_208_960, "pythia-6.9b": 6_857_302_016}
+# The FLOP count's N of each (less the input embedding: vocabulary 50,304 x hidden; 50,432 at 6.9B).
+COUNTED = {"pythia-1b": 908_759_040, "pythia-2.8b": 2_646_430_720, "pythia-6.9b": 6_650_732_544}
 # Per-process geometry: the paper preset at 1B on 8 processes (global batches 128 / 64 / 64 / 512).
 GEOMETRY = {
     "paper": dict(
@@ -87,7 +89,9 @@ GEOMETRY = {
 # The paper's updates per run (n-plus-details §5, "Compute"): SFT 911, RM 1,450, DPO 1,450, PPO 1,953.
 PAPER_UPDATES = {"sft": 911, "rm": 1450, "dpo": 1450, "ppo": 1953}
 # bf16 dense peak TFLOP/s by device name (vendor data sheets, without sparsity).
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
+# Looked up in this order: the first name found in the device's name wins (the PCIe H100 before the SXM one).
+PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0,
+               "L4": 121.0}  # fmt: skip
 PAD, EOS = 1, 0
 
 
@@ -155,6 +159,19 @@ def _timed(device, run, updates: int) -> list[float]:
         _sync(device)
         seconds.append(time.perf_counter() - t0)
     return seconds
+
+
+def _update(optimizer, batches: list, loss_of):
+    """One update: the loss of each micro-batch (already divided by the accumulation), backward, then one
+    optimizer step."""
+
+    def run():
+        for batch in batches:
+            loss_of(batch).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return run
 
 
 def _row(seconds: list[float], tokens: int, flops: float, peak: float | None, memory: float) -> dict:
@@ -227,6 +244,10 @@ def bench_gpu(args) -> dict:
     except Exception as e:  # noqa: BLE001 (an ImportError or a broken install)
         report["deepspeed"] = f"not available ({type(e).__name__})"
 
+    def stage(name, run, tokens, flops):
+        seconds = _timed(device, run, args.updates)
+        report["stages"][name] = _row(seconds, tokens, flops, peak, _peak_memory_mb(device))
+
     # --- SFT ---------------------------------------------------------------------------------------
     geo = geometry["sft"]
     _reset_memory(device)
@@ -234,17 +255,12 @@ def bench_gpu(args) -> dict:
     batches = [_tokens(geo["micro"], geo["length"], vocab, g, device, response=geo["length"] // 4)
                for _ in range(geo["accumulation"])]  # fmt: skip
 
-    def sft_update():
-        for tokens in batches:
-            with autocast():
-                loss = lm_head.next_token_nll(policy, tokens, PAD) / geo["accumulation"]
-            loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def sft_loss(tokens):
+        with autocast():
+            return lm_head.next_token_nll(policy, tokens, PAD) / geo["accumulation"]
 
     tokens = geo["micro"] * geo["accumulation"] * geo["length"]
-    seconds = _timed(device, sft_update, args.updates)
-    report["stages"]["sft"] = _row(seconds, tokens, 6 * n * tokens, peak, _peak_memory_mb(device))
+    stage("sft", _update(optimizer, batches, sft_loss), tokens, 6 * n * tokens)
     del optimizer
 
     # --- checks on the policy: the fused head against the obvious computation -------------------------
@@ -266,19 +282,16 @@ def bench_gpu(args) -> dict:
     pairs = [_tokens(2 * geo["micro"], geo["length"], vocab, g, device, response=geo["length"] // 5)
              for _ in range(geo["accumulation"])]  # fmt: skip
 
-    def rm_update():
-        for both in pairs:
-            with autocast():
-                scores = get_reward(rm, both, PAD, start=None)[1].float()
-            chosen, rejected = scores[: geo["micro"]], scores[geo["micro"] :]
-            loss = -F.logsigmoid(chosen - rejected).mean() / geo["accumulation"]
-            loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def rm_loss(both):
+        with autocast():
+            scores = get_reward(rm, both, PAD, start=None)[1].float()
+        chosen, rejected = scores[: geo["micro"]], scores[geo["micro"] :]
+        return -F.logsigmoid(chosen - rejected).mean() / geo["accumulation"]
 
+    n_rm = counted_parameters(rm.lm_backbone) + sum(p.numel() for p in rm.scalar_head.parameters())
+    report["counted_parameters_rm"] = n_rm  # no LM head: the scalar head instead
     tokens = 2 * geo["micro"] * geo["accumulation"] * geo["length"]
-    seconds = _timed(device, rm_update, args.updates)
-    report["stages"]["rm"] = _row(seconds, tokens, 6 * n * tokens, peak, _peak_memory_mb(device))
+    stage("rm", _update(optimizer, pairs, rm_loss), tokens, 6 * n_rm * tokens)
     del optimizer
 
     # --- DPO -----------------------------------------------------------------------------------------
@@ -304,21 +317,16 @@ def bench_gpu(args) -> dict:
     biggest = rewards.abs().max().item()
     report["checks"]["dpo_step0_rewards"] = {"max_abs_reward": biggest, "bound": 1e-6, "ok": biggest <= 1e-6}
 
-    def dpo_update():
-        for both in pairs:
-            with autocast():
-                with torch.no_grad():
-                    ref = summed(reference, both).float()
-                logp = summed(policy, both).float()
-            margin = 0.05 * ((logp - ref)[: geo["micro"]] - (logp - ref)[geo["micro"] :])
-            loss = -F.logsigmoid(margin).mean() / geo["accumulation"]
-            loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def dpo_loss(both):
+        with autocast():
+            with torch.no_grad():
+                ref = summed(reference, both).float()
+            logp = summed(policy, both).float()
+        margin = 0.05 * ((logp - ref)[: geo["micro"]] - (logp - ref)[geo["micro"] :])
+        return -F.logsigmoid(margin).mean() / geo["accumulation"]
 
     tokens = 2 * geo["micro"] * geo["accumulation"] * geo["length"]
-    seconds = _timed(device, dpo_update, args.updates)
-    report["stages"]["dpo"] = _row(seconds, tokens, 8 * n * tokens, peak, _peak_memory_mb(device))
+    stage("dpo", _update(optimizer, pairs, dpo_loss), tokens, 8 * n * tokens)  # policy 6 N + reference 2 N
     del optimizer
 
     # --- PPO -----------------------------------------------------------------------------------------
@@ -398,9 +406,9 @@ def bench_gpu(args) -> dict:
         seconds.append(time.perf_counter() - t0)
     sequence = geo["query"] + geo["response"]
     rollout_tokens = (geo["batch"] + geo["validation"]) * sequence
-    scored = 3 * geo["batch"] * sequence  # reference, critic, RM
-    trained = 2 * geo["epochs"] * geo["batch"] * sequence  # policy and critic
-    flops = 2 * n * (rollout_tokens + scored) + 6 * n * trained
+    scored = geo["batch"] * sequence  # by each of the reference policy (N), the critic and the RM (n_rm each)
+    trained = geo["epochs"] * geo["batch"] * sequence  # by the policy (N) and the critic (n_rm)
+    flops = 2 * n * rollout_tokens + 2 * (n + 2 * n_rm) * scored + 6 * (n + n_rm) * trained
     report["stages"]["ppo"] = _row(seconds, geo["batch"] * sequence, flops, peak, _peak_memory_mb(device))
     report["stages"]["ppo"]["phases_seconds"] = {k: round(min(v), 4) for k, v in phases.items()}
     report["stages"]["ppo"]["episodes_per_s"] = round(geo["batch"] / min(seconds), 3)
@@ -484,12 +492,12 @@ def project(report: dict, assume_shape: str | None = None, processes: int = 8, o
     (the preset splits their batches into smaller micro-batches, which this keeps the token count of, and
     6.9B PPO's CPU offload of the frozen models adds time this cannot estimate: flagged). Evaluation and
     checkpoint saves are left out. GPU-hours = hours x 8."""
-    n_measured = PARAMETERS.get(assume_shape or report["model_shape"], report["counted_parameters"])
+    n_measured = COUNTED.get(assume_shape or report["model_shape"], report["counted_parameters"])
     out: dict = {"method": project.__doc__.split("\n\n", 1)[1].strip(), "processes": processes,
                  "overhead": overhead, "sizes": {}}  # fmt: skip
     if assume_shape:
         out["note"] = f"measured on {report['model_shape']}, read as if {assume_shape}: the arithmetic only"
-    for size, params in PARAMETERS.items():
+    for size, params in COUNTED.items():
         scale = params / n_measured
         stages = {}
         for stage, updates in PAPER_UPDATES.items():
@@ -505,12 +513,19 @@ def project(report: dict, assume_shape: str | None = None, processes: int = 8, o
     return out
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: at least 1")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--tiny", action="store_true", help="a tiny shape and geometry: the CPU check of this code")
     p.add_argument("--model-shape", choices=[s for s in GPU_SHAPES if s != "tiny"], default="pythia-1b")
     p.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="default: bf16 on cuda, fp32 on cpu")
-    p.add_argument("--updates", type=int, default=3, help="timed updates per stage (after one warm-up)")
+    p.add_argument("--updates", type=_positive, default=3, help="timed updates per stage (after one warm-up)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's bf16 dense peak (default: by name)")
     p.add_argument("--no-generate", action="store_true", help="skip `bench generate` at this shape")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

@@ -68,10 +68,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def stage_progress(node: Node, started: float, now: float) -> str:
+def stage_progress(node: Node, started: float, now: float, seen: dict | None = None) -> str:
     """One running node's state: `update 120/200 (60%), ETA 1m05s` for a training stage whose run folder
-    shows its progress (config.json's derived num_updates, metrics.jsonl's last step), else the time it
-    has run. The ETA extrapolates the updates done so far over the time since the stage started."""
+    shows its progress (config.json's derived num_updates, metrics.jsonl's last step), `evaluating` once
+    every update is done, else the time it has run. The ETA extrapolates the pace since the first step this
+    launcher saw (`seen`: node key -> (step, time), kept across calls), so the updates of an earlier attempt
+    that this one resumed from do not count as done in this one's time; without `seen`, since the start."""
     import json
 
     elapsed = now - started
@@ -85,11 +87,20 @@ def stage_progress(node: Node, started: float, now: float) -> str:
     step = _last_step(run / "metrics.jsonl") if run is not None and total else None
     if not total:
         return f"{node.key} {_duration(elapsed)}" + (" (loading)" if node.training else "")
+    if seen is None:
+        seen = {node.key: (0, started)}
+    elif node.key not in seen and not step:
+        seen[node.key] = (0, started)  # a fresh run: its pace counts from the start
     if not step:
         return f"{node.key} update 0/{total}, {_duration(elapsed)}"
     step = min(step, total)
-    eta = elapsed * (total - step) / step
-    return f"{node.key} update {step}/{total} ({step / total:.0%}), ETA {_duration(eta)}"
+    if step >= total:
+        return f"{node.key} update {total}/{total}, evaluating, {_duration(elapsed)}"
+    first, since = seen.setdefault(node.key, (step, now))
+    text = f"{node.key} update {step}/{total} ({step / total:.0%})"
+    if step <= first or now <= since:
+        return f"{text}, {_duration(elapsed)}"  # no pace measured yet
+    return f"{text}, ETA {_duration((now - since) * (total - step) / (step - first))}"
 
 
 class ProgressLine:
@@ -102,6 +113,7 @@ class ProgressLine:
         self.tty = sys.stdout.isatty() if tty is None else tty
         self.last = 0.0
         self.shown = False
+        self.seen: dict = {}
 
     def clear(self) -> None:
         if self.shown:
@@ -114,7 +126,7 @@ class ProgressLine:
         if not self.every or not running or now - self.last < self.every:
             return
         self.last = now
-        text = "; ".join(stage_progress(node, t0, now) for node, t0 in running.values())
+        text = "; ".join(stage_progress(node, t0, now, self.seen) for node, t0 in running.values())
         if self.tty:
             width = shutil.get_terminal_size((120, 20)).columns
             self.clear()
@@ -145,7 +157,8 @@ def run_local(
     pending = [n for n in nodes if n.key not in done]
     running: dict[str, tuple[subprocess.Popen, float, object]] = {}
     by_key = {n.key: n for n in nodes}
-    # A stage streaming to this terminal (one job, not quiet) prints its own bar: no line of ours then.
+    # A stage streaming to this terminal (one job, not quiet) prints its own output (its progress bar, or
+    # its lines with --no-progress) between ours: no line of ours then.
     progress = ProgressLine(None if (stream and jobs == 1) else progress_every)
     failed = 0
     total, started = len(pending), 0

@@ -286,10 +286,10 @@ def plan(reg: Registry, experiment: str, layout: Layout, opts: PlanOptions) -> l
                     after.append(p.agreement_node(name, size, seed, keys))
                 if "judge" in stages:
                     after += p.judge_nodes(name, bool(e.get("base")), size, seed, keys)
+    # The claims first: the report that `figures` writes carries their tables (claims read run folders only).
+    claims = [p.claims_node(name, after) for name in claim_experiments]
     if "figures" in {s for n in expand_includes(reg, experiment) for s in experiment_stages(reg, n)}:
-        after.append(p.figures_node(after))
-    for name in claim_experiments:
-        p.claims_node(name, after)
+        p.figures_node(after + claims)
     return _toposort(p.nodes)
 
 
