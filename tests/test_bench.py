@@ -118,3 +118,9 @@ def test_gpu_checks_have_teeth(monkeypatch):
 
     monkeypatch.setattr(generation, "_sample", uniform)
     assert not gpu.sampler_check(torch.device("cpu"), 0)["ok"]
+
+
+def test_bench_counts_must_be_positive():
+    for argv in (("bench", "gpu", "--updates", "0"), ("bench", "validation", "--repeats", "0")):
+        r = cli(*argv)
+        assert r.returncode == 2 and "at least 1" in r.stderr, argv

@@ -266,3 +266,17 @@ def test_refresh_reference_rerun_names_every_reference_experiment(tmp_path):
         assert any(key.startswith(experiment + "/") for key in index), experiment
     assert {key.split("/")[-1] for key in index if key.startswith("quickstart/")} == {"1", "2", "3"}
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_figures_paper_flags(tmp_path):
+    """--no-paper draws ours alone; --paper CSV reads another file (a bad one exits 2 naming it)."""
+    results = _results(tmp_path)
+    base = [sys.executable, "-m", "rlhf_repro.cli", "figures", str(results), "--headline", "exp", "--out"]
+    r = run_cmd(base + [str(tmp_path / "alone"), "--no-paper"])
+    assert r.returncode == 0 and "paper 6.9B" not in (tmp_path / "alone" / "report.md").read_text()
+    r = run_cmd(base + [str(tmp_path / "with")])
+    assert r.returncode == 0 and "paper 6.9B" in (tmp_path / "with" / "report.md").read_text()
+    bad = tmp_path / "numbers.csv"
+    bad.write_text("quantity,value\nwin_rate,0.5\n")
+    r = run_cmd(base + [str(tmp_path / "bad"), "--paper", str(bad)])
+    assert r.returncode == 2 and str(bad) in r.stderr and "Traceback" not in r.stderr

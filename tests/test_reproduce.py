@@ -466,3 +466,15 @@ def test_local_launcher_prints_live_progress_lines_of_running_stages(tmp_path, c
     R.run_local([run_again], {run_again.key: [sys.executable, "-c", code2]}, jobs=2, logs=tmp_path / "logs",
                 stream=False, progress_every=None)  # fmt: skip
     assert "[running]" not in capsys.readouterr().out
+
+
+def test_progress_every_reaches_the_local_launcher(tmp_path, monkeypatch):
+    """--progress-every N is the launcher's interval; 0 turns the lines off; the default is 30 s off a terminal."""
+    from rlhf_repro.reproduce import cli as rcli
+
+    seen = []
+    monkeypatch.setattr(rcli, "run_local", lambda *a, **k: seen.append(k["progress_every"]) or 0)
+    base = ["quickstart", "--out", str(tmp_path), "--jobs", "2"]
+    for extra in (["--progress-every", "5"], ["--progress-every", "0"], []):
+        assert rcli.main(base + extra) == 0
+    assert seen == [5.0, None, 30.0]

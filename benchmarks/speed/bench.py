@@ -176,7 +176,8 @@ def bench_validation(args) -> dict:
     return out
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (a count of timed calls)."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text}: at least 1")
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--prompt-length", type=int, default=200, help="tokens per prompt")
     gen.add_argument("--response-length", type=int, default=53, help="tokens sampled per prompt")
     gen.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (R-01)")
-    gen.add_argument("--repeats", type=_positive, default=5, help="timed calls per sampler (after one warm-up)")
+    gen.add_argument("--repeats", type=positive_int, default=5, help="timed calls per sampler (after one warm-up)")
     gen.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     gen.add_argument("--seed", type=int, default=0, help="seed of the weights, prompts and draws")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     val.add_argument("--response-length", type=int, default=53, help="tokens sampled per prompt")
     val.add_argument("--temperature", type=float, default=0.7, help="rollout temperature (R-01)")
     val.add_argument("--eval-temperature", type=float, default=0.01, help="validation temperature (R-04)")
-    val.add_argument("--repeats", type=_positive, default=5, help="timed calls per way (after one warm-up)")
+    val.add_argument("--repeats", type=positive_int, default=5, help="timed calls per way (after one warm-up)")
     val.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     val.add_argument("--seed", type=int, default=0, help="seed of the weights, prompts and draws")
     val.add_argument("--json", action="store_true", help="print one JSON object")

@@ -513,19 +513,14 @@ def project(report: dict, assume_shape: str | None = None, processes: int = 8, o
     return out
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: at least 1")
-    return value
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from benchmarks.speed.bench import positive_int
+
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--tiny", action="store_true", help="a tiny shape and geometry: the CPU check of this code")
     p.add_argument("--model-shape", choices=[s for s in GPU_SHAPES if s != "tiny"], default="pythia-1b")
     p.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="default: bf16 on cuda, fp32 on cpu")
-    p.add_argument("--updates", type=_positive, default=3, help="timed updates per stage (after one warm-up)")
+    p.add_argument("--updates", type=positive_int, default=3, help="timed updates per stage (after one warm-up)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's bf16 dense peak (default: by name)")
     p.add_argument("--no-generate", action="store_true", help="skip `bench generate` at this shape")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
