@@ -441,6 +441,31 @@ def test_stage_progress_reads_the_run_folder_and_extrapolates_an_eta(tmp_path):
     assert stage_progress(figures, 0.0, 75.0) == "figures 1m15s"
 
 
+def test_progress_on_a_terminal_gives_each_running_stage_its_own_line_and_clears_them_all(capsys, monkeypatch):
+    from rlhf_repro.reproduce.launch import ProgressLine
+
+    monkeypatch.setattr(
+        "rlhf_repro.reproduce.launch.shutil.get_terminal_size", lambda fallback: os.terminal_size((40, 20))
+    )
+    nodes = {k: (R.Node(k, "judge", "e", "m", 1, [], None), 0.0) for k in ("e/judge-sft/m/1", "e/judge-ppo/m/1")}
+    line = ProgressLine(every=0.01, tty=True)
+    line.update(nodes)
+    out = capsys.readouterr().out
+    drawn = out.split("\n")
+    assert len(drawn) == 2 and all(d.startswith("[running] e/judge-") for d in drawn) and not out.endswith("\n")
+    assert all(len(d) <= 39 for d in drawn)  # cut to the terminal's width, one stage per line
+    line.clear()
+    # The cursor's line and the one above it are cleared, and the cursor is left at the first.
+    assert capsys.readouterr().out == "\r\033[K\033[F\033[K"
+    line.clear()
+    assert capsys.readouterr().out == ""  # nothing drawn, nothing to clear
+    line.last = 0.0
+    line.update({k: v for k, v in list(nodes.items())[:1]})
+    assert "\n" not in capsys.readouterr().out
+    line.clear()
+    assert capsys.readouterr().out == "\r\033[K"
+
+
 def test_local_launcher_prints_live_progress_lines_of_running_stages(tmp_path, capsys):
     run = tmp_path / "e" / "sft" / "m" / "1"
     code = (

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SECONDS",
         help="local launcher: a line of the running stages (update n/N and ETA) every SECONDS; default 2 on a "
-        "terminal (redrawn in place), 30 otherwise (plain lines); 0: none",
+        "terminal (one line per running stage, redrawn in place), 30 otherwise (plain lines); 0: none",
     )
     p.add_argument("--registry", default=None, help="experiments.toml to read (default: the packaged one)")
     return p

@@ -104,36 +104,38 @@ def stage_progress(node: Node, started: float, now: float, seen: dict | None = N
 
 
 class ProgressLine:
-    """A live line of the running stages, refreshed every `every` seconds. On a terminal it is redrawn in
-    place (and cleared before any other line); elsewhere (a log, CI) a plain `[running] ...` line is
-    printed at most every `every` seconds, so logs keep only plain lines."""
+    """The running stages' progress, refreshed every `every` seconds. On a terminal each running stage
+    has its own line, redrawn in place (and cleared before any other line is printed); elsewhere (a log,
+    CI) one plain `[running] a; b; c` line is printed at most every `every` seconds, so logs keep only
+    plain lines."""
 
     def __init__(self, every: float | None, tty: bool | None = None):
         self.every = every
         self.tty = sys.stdout.isatty() if tty is None else tty
         self.last = 0.0
-        self.shown = False
+        self.shown = 0  # lines drawn on the terminal and not yet cleared
         self.seen: dict = {}
 
     def clear(self) -> None:
         if self.shown:
-            sys.stdout.write("\r\033[K")
+            # Clear the cursor's line, then each line above it that this drew (cursor ends at the first).
+            sys.stdout.write("\r\033[K" + "\033[F\033[K" * (self.shown - 1))
             sys.stdout.flush()
-            self.shown = False
+            self.shown = 0
 
     def update(self, running: dict[str, tuple[Node, float]]) -> None:
         now = time.time()
         if not self.every or not running or now - self.last < self.every:
             return
         self.last = now
-        text = "; ".join(stage_progress(node, t0, now, self.seen) for node, t0 in running.values())
+        states = [stage_progress(node, t0, now, self.seen) for node, t0 in running.values()]
         if self.tty:
             width = shutil.get_terminal_size((120, 20)).columns
             self.clear()
-            sys.stdout.write(("[running] " + text)[: width - 1])
-            self.shown = True
+            sys.stdout.write("\n".join(f"[running] {text}"[: width - 1] for text in states))
+            self.shown = len(states)
         else:
-            sys.stdout.write(f"[running] {text}\n")
+            sys.stdout.write(f"[running] {'; '.join(states)}\n")
         sys.stdout.flush()
 
 
