@@ -29,10 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 EXPERIMENT = "eos-rm-seeds"
 ABLATION = f"{EXPERIMENT}-no-eos-trick"
 STAGES = ("reward", "rm-agreement", "ppo", "ppo-no-trick")

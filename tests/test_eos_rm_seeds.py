@@ -7,11 +7,9 @@ import sys
 import pytest
 
 from analysis import claims as C
-from tests.conftest import REPO
+from benchmarks import eos_trick_rm_seeds as B
 
 pytestmark = pytest.mark.unit
-sys.path.insert(0, str(REPO))
-from benchmarks import eos_trick_rm_seeds as B  # noqa: E402
 
 
 def _without(argv, flags):
