@@ -31,7 +31,6 @@ from pathlib import Path
 
 EXPERIMENT = "eos-rm-seeds"
 ABLATION = f"{EXPERIMENT}-no-eos-trick"
-STAGES = ("reward", "rm-agreement", "ppo", "ppo-no-trick")
 
 
 def _set(argv: list[str], flag: str, value: str) -> list[str]:
@@ -68,18 +67,21 @@ def commands(quickstart: Path, seed: int, size: str, rm_seed: int) -> dict[str, 
 
 
 def _done(quickstart: Path, size: str, rm_seed: int) -> dict[str, Path]:
-    results = Path(quickstart) / "results"
+    """The file each step leaves behind when it has finished."""
+    from rlhf_repro.reproduce.plan import Layout
+
+    layout = Layout(Path(quickstart))
+    rm = layout.run(EXPERIMENT, "reward", size, rm_seed)
     return {
-        "reward": results / EXPERIMENT / "reward" / size / str(rm_seed) / "summary.json",
-        "rm-agreement": results / EXPERIMENT / "reward" / size / str(rm_seed) / "rm_policy_agreement.json",
-        "ppo": results / EXPERIMENT / "ppo" / size / str(rm_seed) / "summary.json",
-        "ppo-no-trick": results / ABLATION / "ppo" / size / str(rm_seed) / "summary.json",
+        "reward": rm / "summary.json",
+        "rm-agreement": rm / "rm_policy_agreement.json",
+        "ppo": layout.run(EXPERIMENT, "ppo", size, rm_seed) / "summary.json",
+        "ppo-no-trick": layout.run(ABLATION, "ppo", size, rm_seed) / "summary.json",
     }
 
 
-def run_seed(quickstart: Path, seed: int, size: str, rm_seed: int, log_dir: Path) -> float:
-    """Runs the four steps of one RM seed in order (skipping those already done); returns the seconds."""
-    t0 = time.time()
+def run_seed(quickstart: Path, seed: int, size: str, rm_seed: int, log_dir: Path) -> None:
+    """Runs the four steps of one RM seed in order, skipping those already done."""
     done = _done(quickstart, size, rm_seed)
     for step, argv in commands(quickstart, seed, size, rm_seed).items():
         if done[step].exists():
@@ -92,7 +94,6 @@ def run_seed(quickstart: Path, seed: int, size: str, rm_seed: int, log_dir: Path
             raise SystemExit(
                 f"eos_trick_rm_seeds: RM seed {rm_seed}, {step} failed (exit {proc.returncode}); see {log}"
             )
-    return time.time() - t0
 
 
 def verdicts(results: Path, size: str, rm_seeds: list[int]) -> list[dict]:

@@ -103,3 +103,15 @@ def test_refuses_a_quickstart_without_its_sft(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["eos_trick_rm_seeds.py", "--quickstart", str(tmp_path)])
     assert B.main() == 2
     assert "no SFT run" in capsys.readouterr().err
+
+
+def test_a_step_already_done_is_not_run_again(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(B.subprocess, "run", lambda argv, **kw: ran.append(argv[3]) or type("P", (), {"returncode": 0}))
+    done = B._done(tmp_path, "tiny-m", 11)
+    for step in ("reward", "rm-agreement"):
+        done[step].parent.mkdir(parents=True, exist_ok=True)
+        done[step].write_text("{}")
+    B.run_seed(tmp_path, 1, "tiny-m", 11, tmp_path)
+    assert ran == ["ppo", "ppo"]  # both PPO arms, and nothing of the finished RM
+    assert (tmp_path / "eos-rm-seeds-11-ppo-no-trick.log").exists()
